@@ -1,0 +1,54 @@
+# secagg — the two commands: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS := dev
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-fast demo bench lint vectors check-vectors clean
+
+help:
+	@echo "make demo           run a simulated secure aggregation round end to end"
+	@echo "make test           create the venv, install, run the whole test suite"
+	@echo "make bench          performance runs (JSON on stdout)"
+	@echo "make lint           ruff + mypy --strict on protocol/ + import-linter"
+	@echo "make vectors        regenerate specs/vectors/*.json"
+	@echo "make check-vectors  regenerate the vectors in memory and diff with specs/vectors"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/secagg demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks
+	$(BIN)/mypy --strict protocol
+	$(BIN)/lint-imports
+
+vectors: $(STAMP)
+	$(BIN)/python -m protocol.vectors write specs/vectors
+
+check-vectors: $(STAMP)
+	$(BIN)/python -m protocol.vectors check specs/vectors
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,1 @@
+"""client_sdk: embed secure aggregation in an existing training loop."""

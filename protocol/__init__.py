@@ -1,0 +1,62 @@
+"""secagg protocol core: Bonawitz-style secure aggregation, sans-I/O.
+
+The public surface of the library. ``specs/secagg-v1.md`` is the normative
+description; this package implements it with no sockets, threads, clocks
+or files, deterministically given an injected randomness source.
+"""
+
+from protocol._state import Round
+from protocol.client import ClientSession
+from protocol.config import GraphKind, Mode, SessionConfig
+from protocol.crypto import CIPHERSUITE, DeterministicRandom, RandomSource, SystemRandom
+from protocol.encoding import FixedPointEncoding, from_modular, to_modular
+from protocol.errors import (
+    AbortReason,
+    ConfigError,
+    CryptoError,
+    DecodeError,
+    LocalProtocolError,
+    ParameterError,
+    RemoteProtocolError,
+    RoundAborted,
+    SecAggError,
+)
+from protocol.messages import Message, MessageType, decode_message
+from protocol.params import AdversaryClass, GraphParameters, derive_parameters
+from protocol.server import AggregateResult, ServerSession
+from protocol.simulate import SimulationResult, make_config, simulate
+
+__all__ = [
+    "CIPHERSUITE",
+    "AbortReason",
+    "AdversaryClass",
+    "AggregateResult",
+    "ClientSession",
+    "ConfigError",
+    "CryptoError",
+    "DecodeError",
+    "DeterministicRandom",
+    "FixedPointEncoding",
+    "GraphKind",
+    "GraphParameters",
+    "LocalProtocolError",
+    "Message",
+    "MessageType",
+    "Mode",
+    "ParameterError",
+    "RandomSource",
+    "RemoteProtocolError",
+    "Round",
+    "RoundAborted",
+    "SecAggError",
+    "ServerSession",
+    "SessionConfig",
+    "SimulationResult",
+    "SystemRandom",
+    "decode_message",
+    "derive_parameters",
+    "from_modular",
+    "make_config",
+    "simulate",
+    "to_modular",
+]

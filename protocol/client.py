@@ -1,0 +1,443 @@
+"""``ClientSession``: one client's side of one secure aggregation session.
+
+Sans-I/O: bytes in, bytes out. The caller delivers each server message to
+:meth:`ClientSession.receive` and sends back whatever it returns. Every
+check a client makes on a server message is here, each tied to an
+:class:`~protocol.errors.AbortReason`; any violation aborts the session
+(the client stops and reveals nothing further) and raises
+:class:`~protocol.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol import _cbor
+from protocol._keys import (
+    advertise_payload,
+    consistency_payload,
+    pairwise_mask_key,
+    self_mask_key,
+    share_aad,
+    share_encryption_key,
+    u32,
+)
+from protocol._state import CLIENT_TRANSITIONS, TERMINAL, Round
+from protocol.config import Mode, SessionConfig
+from protocol.crypto import (
+    MaskExpander,
+    RandomSource,
+    SystemRandom,
+    X25519Secret,
+    aead_open,
+    aead_seal,
+    ed25519_public_key,
+    ed25519_sign,
+    ed25519_verify,
+    x25519_generate,
+)
+from protocol.encoding import WordArray, pack_bits, to_modular, word_dtype
+from protocol.errors import (
+    AbortReason,
+    ConfigError,
+    CryptoError,
+    DecodeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from protocol.messages import (
+    SHARE_PLAINTEXT_SIZE,
+    Abort,
+    AdvertisedKeys,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    MessageType,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode_message,
+)
+from protocol.shamir import SHARE_SIZE, decode_share, encode_share, split_secrets
+
+IntArray = npt.NDArray[np.integer]
+
+
+class ClientSession:
+    """One client in one session.
+
+    Args:
+        config: the session configuration the client agreed to (from its own
+            policy, not merely from the server; see ``specs/secagg-v1.md``).
+        client_id: this client's id; must be a participant.
+        input_vector: 1-D integer vector of ``config.vector_length`` elements,
+            signed or unsigned; it is reduced modulo 2^b.
+        rng: source of secret randomness (default: the OS CSPRNG).
+        identity_key: active mode: this client's raw Ed25519 secret key, whose
+            public key must match the configuration.
+
+    Raises:
+        ConfigError: inconsistent arguments.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        client_id: int,
+        input_vector: IntArray,
+        *,
+        rng: RandomSource | None = None,
+        identity_key: bytes | None = None,
+    ) -> None:
+        if not config.is_participant(client_id):
+            raise ConfigError(f"client {client_id} is not a participant of this session")
+        vec = np.asarray(input_vector)
+        if vec.ndim != 1 or vec.shape[0] != config.vector_length:
+            raise ConfigError(
+                f"input vector must be 1-D of length {config.vector_length}, got shape {vec.shape}"
+            )
+        if not np.issubdtype(vec.dtype, np.integer):
+            raise ConfigError(f"input vector must be integers, got {vec.dtype}")
+        if config.mode is Mode.ACTIVE:
+            if identity_key is None:
+                raise ConfigError("active mode needs the client's Ed25519 identity key")
+            if ed25519_public_key(identity_key) != config.identity_key(client_id):
+                raise ConfigError("identity key does not match the configuration")
+        self.config = config
+        self.client_id = client_id
+        self.session_id = config.session_id
+        self._rng = rng if rng is not None else SystemRandom()
+        self._identity_key = identity_key
+        self._input: WordArray | None = to_modular(vec, config.bit_width)
+        self._neighbours = config.neighbour_graph.neighbours(client_id)
+        self._transitions = CLIENT_TRANSITIONS[config.mode]
+        self.round = Round.R0_ADVERTISE_KEYS
+        self.abort_reason: AbortReason | None = None
+        self._started = False
+        # Secrets and what we learnt, filled round by round.
+        self._cipher_sk: X25519Secret | None = None
+        self._mask_sk: X25519Secret | None = None
+        self._own_keys: AdvertisedKeys | None = None
+        self._directory: dict[int, AdvertisedKeys] = {}  # live neighbours after R0
+        self._cipher_shared: dict[int, bytes] = {}
+        self._share_senders: frozenset[int] = frozenset()  # live neighbours after R1
+        self._held_mask_key_shares: dict[int, bytes] = {}
+        self._held_self_mask_shares: dict[int, bytes] = {}
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._self_mask_seed = b""
+
+    # -- public API -----------------------------------------------------------
+
+    def start(self) -> bytes:
+        """Round 0: generate the session key pairs and return ``AdvertiseKeys`` bytes."""
+        if self._started:
+            raise LocalProtocolError("start() was already called")
+        self._started = True
+        self._cipher_sk = x25519_generate(self._rng)
+        self._mask_sk = x25519_generate(self._rng)
+        cipher_pk, mask_pk = self._cipher_sk.public, self._mask_sk.public
+        signature = b""
+        if self.config.mode is Mode.ACTIVE:
+            assert self._identity_key is not None
+            signature = ed25519_sign(
+                self._identity_key,
+                advertise_payload(self.session_id, self.client_id, cipher_pk, mask_pk),
+            )
+        self._own_keys = AdvertisedKeys(self.client_id, cipher_pk, mask_pk, signature)
+        return AdvertiseKeys(self.session_id, self._own_keys).encode()
+
+    def receive(self, data: bytes) -> bytes | None:
+        """Process one server message; return the reply to send, if any.
+
+        Raises:
+            LocalProtocolError: ``start()`` has not been called.
+            RemoteProtocolError: the server broke the protocol (the session is
+                then aborted, except for a refused second unmasking request on a
+                completed session, which stays completed).
+        """
+        if not self._started:
+            raise LocalProtocolError("call start() before receive()")
+        if self.round is Round.ABORTED:
+            raise RemoteProtocolError(AbortReason.WRONG_ROUND, "the session is aborted")
+        try:
+            msg = decode_message(data)
+        except DecodeError as exc:
+            if self.round is Round.COMPLETED:
+                raise
+            self._abort(exc.reason)
+            raise
+        if msg.session_id != self.session_id:
+            self._fail(AbortReason.WRONG_SESSION, "message belongs to another session")
+        if isinstance(msg, Abort):
+            self._abort(msg.reason)
+            return None
+        recipient = getattr(msg, "recipient", None)
+        if recipient != self.client_id:
+            self._fail(AbortReason.WRONG_RECIPIENT, f"message addressed to {recipient}")
+        key = (self.round, msg.TYPE)
+        next_round = self._transitions.get(key)
+        if next_round is None:
+            if self.round is Round.COMPLETED:
+                # Never answer twice: a second (possibly different) unmasking
+                # request could otherwise make us reveal both shares of a peer.
+                reason = (
+                    AbortReason.SECOND_UNMASK_REQUEST
+                    if msg.TYPE is MessageType.UNMASK_REQUEST
+                    else AbortReason.WRONG_ROUND
+                )
+                raise RemoteProtocolError(reason, "the session is already completed")
+            self._fail(AbortReason.WRONG_ROUND, f"{msg.TYPE.name} is not expected in {self.round}")
+        reply = self._handle(msg)
+        self.round = next_round
+        if next_round is Round.COMPLETED:
+            self._forget_secrets()
+        return reply
+
+    # -- failure --------------------------------------------------------------
+
+    def _abort(self, reason: AbortReason) -> None:
+        self.round = Round.ABORTED
+        self.abort_reason = reason
+        self._forget_secrets()
+
+    def _fail(self, reason: AbortReason, detail: str) -> NoReturn:
+        if self.round not in TERMINAL:
+            self._abort(reason)
+        raise RemoteProtocolError(reason, detail)
+
+    def _forget_secrets(self) -> None:
+        self._input = None
+        self._cipher_sk = None
+        self._mask_sk = None
+        self._cipher_shared.clear()
+        self._held_mask_key_shares.clear()
+        self._held_self_mask_shares.clear()
+
+    # -- per-message handlers ---------------------------------------------------
+
+    def _handle(self, msg: Message) -> bytes:
+        if isinstance(msg, KeyDirectory):
+            return self._on_key_directory(msg)
+        if isinstance(msg, ShareBundle):
+            return self._on_share_bundle(msg)
+        if isinstance(msg, ConsistencyRequest):
+            return self._on_consistency_request(msg)
+        if isinstance(msg, UnmaskRequest):
+            return self._on_unmask_request(msg)
+        raise AssertionError(f"no handler for {type(msg).__name__}")  # pragma: no cover
+
+    def _on_key_directory(self, msg: KeyDirectory) -> bytes:
+        """R0 -> R1: check the relayed keys, then share our secrets."""
+        entries = {e.sender: e for e in msg.entries}
+        if entries.get(self.client_id) != self._own_keys:
+            self._fail(AbortReason.OWN_KEYS_NOT_ECHOED, "our own advertised keys were not echoed")
+        strangers = set(entries) - self._neighbours - {self.client_id}
+        if strangers:
+            self._fail(AbortReason.NOT_A_NEIGHBOUR, f"keys of non-neighbours {sorted(strangers)}")
+        all_keys = [k for e in msg.entries for k in (e.cipher_public_key, e.mask_public_key)]
+        if len(set(all_keys)) != len(all_keys):
+            self._fail(AbortReason.DUPLICATE_KEYS, "two advertised public keys are equal")
+        for entry in msg.entries:
+            self._check_advert_signature(entry)
+        live = sorted(set(entries) - {self.client_id})
+        self._require_threshold(len(live), "live neighbours after round 0")
+        self._directory = {v: entries[v] for v in live}
+
+        seed = self._rng.random_bytes(32)
+        self._self_mask_seed = seed
+        assert self._mask_sk is not None and self._cipher_sk is not None
+        shares = split_secrets([self._mask_sk.raw, seed], live, self.config.threshold, self._rng)
+        ciphertexts: list[tuple[int, bytes]] = []
+        for j, v in enumerate(live):
+            shared = self._agree(self._cipher_sk, entries[v].cipher_public_key)
+            self._cipher_shared[v] = shared
+            plaintext = (
+                u32(self.client_id)
+                + u32(v)
+                + encode_share(shares[0][j])
+                + encode_share(shares[1][j])
+            )
+            key = share_encryption_key(shared, self.session_id, self.client_id, v)
+            ciphertexts.append(
+                (v, aead_seal(key, plaintext, share_aad(self.session_id, self.client_id, v)))
+            )
+        return ShareKeys(self.session_id, self.client_id, tuple(ciphertexts)).encode()
+
+    def _on_share_bundle(self, msg: ShareBundle) -> bytes:
+        """R1 -> R2: open our shares, then send the masked input."""
+        senders = [v for v, _ in msg.ciphertexts]
+        unknown = set(senders) - set(self._directory)
+        if unknown:
+            self._fail(AbortReason.NOT_A_NEIGHBOUR, f"shares from {sorted(unknown)}")
+        self._require_threshold(len(senders), "live neighbours after round 1")
+        for v, ciphertext in msg.ciphertexts:
+            key = share_encryption_key(self._cipher_shared[v], self.session_id, v, self.client_id)
+            try:
+                plaintext = aead_open(
+                    key, ciphertext, share_aad(self.session_id, v, self.client_id)
+                )
+            except CryptoError:
+                self._fail(AbortReason.SHARE_DECRYPTION_FAILED, f"shares from {v} do not open")
+            if len(plaintext) != SHARE_PLAINTEXT_SIZE or plaintext[:8] != u32(v) + u32(
+                self.client_id
+            ):
+                self._fail(AbortReason.SHARE_DECRYPTION_FAILED, f"shares from {v} misaddressed")
+            try:
+                decode_share(plaintext[8 : 8 + SHARE_SIZE])
+                decode_share(plaintext[8 + SHARE_SIZE :])
+            except DecodeError:
+                self._fail(AbortReason.SHARE_DECRYPTION_FAILED, f"shares from {v} out of range")
+            self._held_mask_key_shares[v] = plaintext[8 : 8 + SHARE_SIZE]
+            self._held_self_mask_shares[v] = plaintext[8 + SHARE_SIZE :]
+        self._share_senders = frozenset(senders)
+        masked = self._masked_input(senders)
+        return MaskedInput(self.session_id, self.client_id, masked).encode()
+
+    def _masked_input(self, peers: Iterable[int]) -> bytes:
+        """y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)  (mod 2^b)."""
+        assert self._input is not None
+        cfg = self.config
+        y = self._input.copy()
+        expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
+        expander.add(self_mask_key(self._self_mask_seed, self.session_id, self.client_id), y)
+        for v in peers:
+            key = self._pairwise_key(v)
+            if self.client_id < v:
+                expander.add(key, y)
+            else:
+                expander.subtract(key, y)
+        self._self_mask_seed = b""
+        self._input = None
+        if cfg.bit_width < 8 * y.itemsize:
+            np.bitwise_and(y, y.dtype.type(cfg.modulus_mask), out=y)
+        return pack_bits(y, cfg.bit_width)
+
+    def _pairwise_key(self, v: int) -> bytes:
+        assert self._mask_sk is not None
+        try:
+            return pairwise_mask_key(
+                self._mask_sk,
+                self._directory[v].mask_public_key,
+                self.session_id,
+                self.client_id,
+                v,
+            )
+        except CryptoError as exc:
+            self._fail(AbortReason.MALFORMED_MESSAGE, f"mask key of {v} is invalid: {exc}")
+
+    def _on_consistency_request(self, msg: ConsistencyRequest) -> bytes:
+        """R2 -> R3 (active mode): sign the survivor set after checking it."""
+        self._check_survivors(msg.survivors, None)
+        self._signed_survivors = msg.survivors
+        assert self._identity_key is not None
+        signature = ed25519_sign(
+            self._identity_key,
+            consistency_payload(self.session_id, _cbor.dumps(list(msg.survivors))),
+        )
+        return ConsistencySignature(self.session_id, self.client_id, signature).encode()
+
+    def _on_unmask_request(self, msg: UnmaskRequest) -> bytes:
+        """R2/R3 -> done: reveal, per neighbour, exactly one of its two secrets."""
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        if survivors & dropped:
+            self._fail(
+                AbortReason.SURVIVORS_DROPPED_OVERLAP,
+                f"clients {sorted(survivors & dropped)} are both survivors and dropped",
+            )
+        self._check_survivors(msg.survivors, msg.dropped)
+        if self.config.mode is Mode.ACTIVE:
+            self._check_consistency_signatures(msg)
+        elif msg.signatures:
+            self._fail(AbortReason.MALFORMED_MESSAGE, "signatures in a semi-honest session")
+        self_shares = tuple(
+            (v, self._held_self_mask_shares[v]) for v in sorted(self._share_senders & survivors)
+        )
+        key_shares = tuple(
+            (v, self._held_mask_key_shares[v]) for v in sorted(self._share_senders & dropped)
+        )
+        return UnmaskResponse(self.session_id, self.client_id, self_shares, key_shares).encode()
+
+    # -- checks -----------------------------------------------------------------
+
+    def _check_advert_signature(self, entry: AdvertisedKeys) -> None:
+        if self.config.mode is Mode.ACTIVE:
+            payload = advertise_payload(
+                self.session_id, entry.sender, entry.cipher_public_key, entry.mask_public_key
+            )
+            if not ed25519_verify(self.config.identity_key(entry.sender), entry.signature, payload):
+                self._fail(AbortReason.BAD_SIGNATURE, f"keys of {entry.sender} are not signed")
+        elif entry.signature:
+            self._fail(AbortReason.MALFORMED_MESSAGE, "signature in a semi-honest session")
+
+    def _check_survivors(self, survivors: tuple[int, ...], dropped: tuple[int, ...] | None) -> None:
+        """The survivor (and dropped) sets must agree with what this client saw.
+
+        Among its neighbours a client knows exactly who sent it shares in
+        round 1: only they can be survivors or dropped, and when the dropped
+        set is given each of them must be in exactly one of the two sets.
+        """
+        s = set(survivors)
+        d = set(dropped or ())
+        if self.client_id not in s:
+            self._fail(
+                AbortReason.INCONSISTENT_SURVIVORS, "we sent our input but are not a survivor"
+            )
+        if not (s | d) <= set(self.config.participants):
+            self._fail(AbortReason.INCONSISTENT_SURVIVORS, "survivor set names non-participants")
+        mine = (s | d) & self._neighbours
+        if not mine <= self._share_senders:
+            self._fail(
+                AbortReason.INCONSISTENT_SURVIVORS,
+                f"clients {sorted(mine - self._share_senders)} never sent us shares",
+            )
+        if dropped is not None and mine != self._share_senders:
+            self._fail(
+                AbortReason.INCONSISTENT_SURVIVORS,
+                f"neighbours {sorted(self._share_senders - mine)} are neither survivor nor dropped",
+            )
+        if (
+            self.config.mode is Mode.ACTIVE
+            and self._signed_survivors is not None
+            and tuple(survivors) != self._signed_survivors
+        ):
+            self._fail(
+                AbortReason.INCONSISTENT_SURVIVORS, "survivor set differs from the signed one"
+            )
+        if len(s) < self.config.threshold:
+            self._fail(AbortReason.BELOW_THRESHOLD, f"{len(s)} survivors < threshold")
+        self._require_threshold(len(s & self._neighbours), "surviving neighbours")
+
+    def _check_consistency_signatures(self, msg: UnmaskRequest) -> None:
+        closed = self._neighbours | {self.client_id}
+        payload = consistency_payload(self.session_id, _cbor.dumps(list(msg.survivors)))
+        valid = 0
+        for signer, signature in msg.signatures:
+            if signer not in closed or signer not in msg.survivors:
+                self._fail(
+                    AbortReason.INCONSISTENT_SURVIVORS, f"signature of {signer} is not expected"
+                )
+            if not ed25519_verify(self.config.identity_key(signer), signature, payload):
+                self._fail(AbortReason.BAD_SIGNATURE, f"consistency signature of {signer}")
+            valid += 1
+        self._require_threshold(valid, "valid consistency signatures")
+
+    def _require_threshold(self, count: int, what: str) -> None:
+        if count < self.config.threshold:
+            self._fail(
+                AbortReason.BELOW_THRESHOLD,
+                f"{count} {what} < threshold {self.config.threshold}",
+            )
+
+    def _agree(self, secret: X25519Secret, public: bytes) -> bytes:
+        try:
+            return secret.agree(public)
+        except CryptoError as exc:
+            self._fail(AbortReason.MALFORMED_MESSAGE, f"invalid public key: {exc}")

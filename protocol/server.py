@@ -1,0 +1,455 @@
+"""``ServerSession``: the aggregator's side of one secure aggregation session.
+
+Sans-I/O and clock-free, after fcp's ``SecAggServer``: the driver delivers
+client messages with :meth:`ServerSession.receive`, asks :meth:`pending` /
+:meth:`ready` / :meth:`can_advance`, and calls :meth:`advance` when every
+expected client has answered or when its deadline passes. Whoever has not
+sent by then has dropped out. ``advance`` returns the messages to send,
+keyed by client id.
+
+A bad client message is refused with :class:`RemoteProtocolError` and leaves
+the session unchanged (the client simply counts as not having sent). A round
+that cannot finish safely moves the session to ``ABORTED``; it then reveals
+nothing and answers every live client with an ``Abort`` message.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import _cbor
+from protocol._keys import (
+    advertise_payload,
+    consistency_payload,
+    pairwise_mask_key,
+    self_mask_key,
+)
+from protocol._state import SERVER_ACCEPTS, SERVER_ADVANCE, TERMINAL, Round
+from protocol.config import Mode, SessionConfig
+from protocol.crypto import MaskExpander, X25519Secret, ed25519_verify
+from protocol.encoding import WordArray, unpack_bits, word_dtype
+from protocol.errors import (
+    AbortReason,
+    CryptoError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from protocol.messages import (
+    Abort,
+    AdvertisedKeys,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode_message,
+)
+from protocol.shamir import decode_share, reconstruct_secrets
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """What a completed session reveals: the sum and who is in it.
+
+    Attributes:
+        aggregate: sum over ``survivors`` of their input vectors, mod 2^b,
+            as unsigned words (see ``protocol.encoding.from_modular``).
+        survivors: clients whose inputs are in the sum.
+        dropped: clients that shared keys but whose input is not in the sum.
+        stage_participants: how many clients sent in each round.
+    """
+
+    aggregate: WordArray
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    stage_participants: Mapping[Round, int]
+
+
+class ServerSession:
+    """The server of one session. See the module docstring for the driving loop."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.session_id = config.session_id
+        self.round = Round.R0_ADVERTISE_KEYS
+        self.abort_reason: AbortReason | None = None
+        self.abort_detail = ""
+        self._graph = config.neighbour_graph
+        self._nbrs = {u: self._graph.neighbours(u) for u in config.participants}
+        self._t = config.threshold
+        # Who is expected to send in the current round (sent the previous message).
+        self._expected: frozenset[int] = frozenset(config.participants)
+        self._received: dict[int, Message] = {}
+        self._stage_counts: dict[Round, int] = {}
+        # Session data.
+        self._adverts: dict[int, AdvertisedKeys] = {}
+        self._u1: frozenset[int] = frozenset()
+        self._u2: frozenset[int] = frozenset()
+        self._u3: frozenset[int] = frozenset()
+        self._dropped: frozenset[int] = frozenset()
+        self._share_cts: dict[int, dict[int, bytes]] = {}
+        self._acc: WordArray | None = None
+        self._signatures: dict[int, bytes] = {}
+        self._survivors_cbor = b""
+        self._self_shares: dict[int, dict[int, int]] = defaultdict(dict)  # owner -> holder -> share
+        self._key_shares: dict[int, dict[int, int]] = defaultdict(dict)
+        self._result: AggregateResult | None = None
+
+    # -- driving API ------------------------------------------------------------
+
+    def pending(self) -> frozenset[int]:
+        """Clients expected to send in the current round that have not yet."""
+        if self.round in TERMINAL:
+            return frozenset()
+        return self._expected - self._received.keys()
+
+    def ready(self) -> bool:
+        """True when every expected client has sent: advancing cannot gain anything by waiting."""
+        return self.round not in TERMINAL and not self.pending()
+
+    def can_advance(self) -> bool:
+        """True if advancing now would not abort the session (enough clients have sent)."""
+        if self.round in TERMINAL:
+            return False
+        try:
+            self._plan_advance(frozenset(self._received))
+        except RemoteProtocolError:
+            return False
+        return True
+
+    @property
+    def result(self) -> AggregateResult:
+        """The aggregate of a completed session."""
+        if self._result is None:
+            raise LocalProtocolError(f"no result: the session is in {self.round.value}")
+        return self._result
+
+    def receive(self, data: bytes) -> None:
+        """Accept one client message of the current round.
+
+        Raises:
+            RemoteProtocolError: malformed, wrong session, wrong round, unexpected
+                sender, replay or invalid content. The session is unchanged.
+        """
+        if self.round in TERMINAL:
+            raise RemoteProtocolError(AbortReason.WRONG_ROUND, f"session is {self.round.value}")
+        msg = decode_message(data)
+        if msg.session_id != self.session_id:
+            raise RemoteProtocolError(AbortReason.WRONG_SESSION, "message of another session")
+        expected_type = SERVER_ACCEPTS[self.round]
+        if msg.TYPE is not expected_type:
+            raise RemoteProtocolError(
+                AbortReason.WRONG_ROUND,
+                f"{msg.TYPE.name} received while collecting {expected_type.name}",
+            )
+        sender: int = msg.sender  # type: ignore[attr-defined]
+        if sender in self._received:
+            raise RemoteProtocolError(
+                AbortReason.REPLAYED_MESSAGE, f"client {sender} already sent in {self.round.value}"
+            )
+        if sender not in self._expected:
+            raise RemoteProtocolError(
+                AbortReason.WRONG_SENDER, f"client {sender} is not expected in {self.round.value}"
+            )
+        self._validate(sender, msg)
+        self._received[sender] = msg
+
+    def advance(self) -> dict[int, bytes]:
+        """Close the current round; return the messages to send, keyed by client id.
+
+        Clients expected in this round that have not sent are dropouts. If the
+        session cannot continue safely it aborts and every live client gets an
+        ``Abort`` message.
+        """
+        if self.round in TERMINAL:
+            raise LocalProtocolError(f"cannot advance: the session is {self.round.value}")
+        senders = frozenset(self._received)
+        live = self._expected
+        try:
+            out = self._plan_advance(senders, commit=True)
+        except RemoteProtocolError as exc:
+            return self._abort_to(live, exc.reason, exc.detail)
+        self._stage_counts[self.round] = len(senders)
+        self.round = SERVER_ADVANCE[self.config.mode][self.round]
+        self._expected = frozenset(out)
+        self._received = {}
+        return out
+
+    def abort(
+        self, reason: AbortReason = AbortReason.CANCELLED, detail: str = ""
+    ) -> dict[int, bytes]:
+        """Abort from outside (e.g. the operator cancelled the task)."""
+        if self.round in TERMINAL:
+            raise LocalProtocolError(f"cannot abort: the session is {self.round.value}")
+        return self._abort_to(self._expected, reason, detail or "aborted by the driver")
+
+    # -- receive-time validation -------------------------------------------------
+
+    def _validate(self, sender: int, msg: Message) -> None:
+        if isinstance(msg, AdvertiseKeys):
+            self._validate_advert(msg.keys)
+        elif isinstance(msg, ShareKeys):
+            want = self._nbrs[sender] & self._u1
+            got = {v for v, _ in msg.ciphertexts}
+            if got != want:
+                raise RemoteProtocolError(
+                    AbortReason.WRONG_RECIPIENT,
+                    f"client {sender} must share with exactly its live neighbours {sorted(want)}",
+                )
+        elif isinstance(msg, MaskedInput):
+            if len(msg.masked) != self.config.packed_size:
+                raise RemoteProtocolError(
+                    AbortReason.WRONG_VECTOR_LENGTH,
+                    f"masked vector of {len(msg.masked)} bytes, expected {self.config.packed_size}",
+                )
+            values = unpack_bits(msg.masked, self.config.bit_width, self.config.vector_length)
+            # Streaming aggregation: the sum is all the server keeps.
+            if self._acc is None:
+                self._acc = np.zeros(self.config.vector_length, word_dtype(self.config.bit_width))
+            np.add(self._acc, values, out=self._acc)
+        elif isinstance(msg, ConsistencySignature):
+            key = self.config.identity_key(sender)
+            if not ed25519_verify(
+                key, msg.signature, consistency_payload(self.session_id, self._survivors_cbor)
+            ):
+                raise RemoteProtocolError(
+                    AbortReason.BAD_SIGNATURE, f"consistency signature of {sender} is invalid"
+                )
+            self._signatures[sender] = msg.signature
+        elif isinstance(msg, UnmaskResponse):
+            mine = self._nbrs[sender] & self._u2
+            want_self = mine & self._u3
+            want_key = mine & self._dropped
+            got_self = {v for v, _ in msg.self_mask_shares}
+            got_key = {v for v, _ in msg.mask_key_shares}
+            if got_self != want_self or got_key != want_key:
+                raise RemoteProtocolError(
+                    AbortReason.INCONSISTENT_SURVIVORS,
+                    f"client {sender} revealed shares other than those requested",
+                )
+            decoded_self = {v: decode_share(s) for v, s in msg.self_mask_shares}
+            decoded_key = {v: decode_share(s) for v, s in msg.mask_key_shares}
+            for v, share in decoded_self.items():
+                self._self_shares[v][sender] = share
+            for v, share in decoded_key.items():
+                self._key_shares[v][sender] = share
+
+    def _validate_advert(self, keys: AdvertisedKeys) -> None:
+        if self.config.mode is Mode.ACTIVE:
+            payload = advertise_payload(
+                self.session_id, keys.sender, keys.cipher_public_key, keys.mask_public_key
+            )
+            if not ed25519_verify(self.config.identity_key(keys.sender), keys.signature, payload):
+                raise RemoteProtocolError(
+                    AbortReason.BAD_SIGNATURE, f"advertised keys of {keys.sender} are not signed"
+                )
+        elif keys.signature:
+            raise RemoteProtocolError(
+                AbortReason.MALFORMED_MESSAGE, "signature in a semi-honest session"
+            )
+        if keys.cipher_public_key == keys.mask_public_key:
+            raise RemoteProtocolError(AbortReason.DUPLICATE_KEYS, "the two public keys are equal")
+        seen = {k for a in self._adverts.values() for k in (a.cipher_public_key, a.mask_public_key)}
+        if keys.cipher_public_key in seen or keys.mask_public_key in seen:
+            raise RemoteProtocolError(
+                AbortReason.DUPLICATE_KEYS, f"client {keys.sender} reuses another client's key"
+            )
+        self._adverts[keys.sender] = keys
+
+    # -- advancing ----------------------------------------------------------------
+
+    def _prune(self, members: frozenset[int]) -> frozenset[int]:
+        """Largest subset in which every client keeps >= t neighbours (a fixed point).
+
+        A client with fewer than t live neighbours could not have its secrets
+        reconstructed; it would refuse to continue, so it is left out.
+        """
+        live = set(members)
+        changed = True
+        while changed:
+            changed = False
+            for u in sorted(live):
+                if len(self._nbrs[u] & live) < self._t:
+                    live.discard(u)
+                    changed = True
+        return frozenset(live)
+
+    def _below(self, detail: str) -> RemoteProtocolError:
+        return RemoteProtocolError(AbortReason.BELOW_THRESHOLD, detail)
+
+    def _plan_advance(self, senders: frozenset[int], commit: bool = False) -> dict[int, bytes]:
+        """Compute the next round's messages; with ``commit`` also update the session.
+
+        Raises RemoteProtocolError (BELOW_THRESHOLD, RECONSTRUCTION_FAILED) when the
+        session cannot continue safely.
+        """
+        sid = self.session_id
+        if self.round is Round.R0_ADVERTISE_KEYS:
+            u1 = self._prune(senders)
+            if not u1:
+                raise self._below(f"only {len(senders)} clients advertised keys")
+            if not commit:
+                return {}
+            self._u1 = u1
+            return {
+                u: KeyDirectory(
+                    sid,
+                    u,
+                    tuple(self._adverts[v] for v in sorted((self._nbrs[u] | {u}) & u1)),
+                ).encode()
+                for u in sorted(u1)
+            }
+        if self.round is Round.R1_SHARE_KEYS:
+            u2 = self._prune(senders)
+            if not u2:
+                raise self._below(f"only {len(senders)} clients shared keys")
+            if not commit:
+                return {}
+            self._u2 = u2
+            cts: dict[int, dict[int, bytes]] = {
+                u: dict(self._received[u].ciphertexts)  # type: ignore[attr-defined]
+                for u in u2
+            }
+            self._adverts = {u: self._adverts[u] for u in u2}
+            return {
+                v: ShareBundle(
+                    sid, v, tuple((u, cts[u][v]) for u in sorted(self._nbrs[v] & u2))
+                ).encode()
+                for v in sorted(u2)
+            }
+        if self.round is Round.R2_MASKED_INPUT_COLLECTION:
+            u3 = senders
+            dropped = self._u2 - u3
+            self._check_recoverable(u3, dropped, u3, "sent masked inputs")
+            if not commit:
+                return {}
+            self._u3, self._dropped = u3, dropped
+            survivors = tuple(sorted(u3))
+            self._survivors_cbor = _cbor.dumps(list(survivors))
+            if self.config.mode is Mode.ACTIVE:
+                return {u: ConsistencyRequest(sid, u, survivors).encode() for u in survivors}
+            return {
+                u: UnmaskRequest(sid, u, survivors, tuple(sorted(dropped))).encode()
+                for u in survivors
+            }
+        if self.round is Round.R3_CONSISTENCY_CHECK:
+            u4 = senders
+            self._check_recoverable(self._u3, self._dropped, u4, "signed the survivor set")
+            if not commit:
+                return {}
+            survivors = tuple(sorted(self._u3))
+            dropped_ids = tuple(sorted(self._dropped))
+            return {
+                u: UnmaskRequest(
+                    sid,
+                    u,
+                    survivors,
+                    dropped_ids,
+                    tuple((v, self._signatures[v]) for v in sorted((self._nbrs[u] | {u}) & u4)),
+                ).encode()
+                for u in sorted(u4)
+            }
+        if self.round is Round.R4_UNMASKING:
+            self._check_recoverable(self._u3, self._dropped, senders, "answered the unmasking")
+            if not commit:
+                return {}
+            self._result = self._unmask(senders)
+            return {}
+        raise LocalProtocolError(f"cannot advance from {self.round.value}")  # pragma: no cover
+
+    def _check_recoverable(
+        self,
+        survivors: frozenset[int],
+        dropped: frozenset[int],
+        holders: frozenset[int],
+        what: str,
+    ) -> None:
+        """Every secret that must be reconstructed has >= t potential share holders."""
+        if len(survivors) < self._t:
+            raise self._below(f"{len(survivors)} survivors < threshold {self._t}")
+        for u in sorted(survivors):
+            if len(self._nbrs[u] & holders) < self._t:
+                raise self._below(f"survivor {u}: fewer than {self._t} of its neighbours {what}")
+        for d in sorted(dropped):
+            if self._nbrs[d] & survivors and len(self._nbrs[d] & holders) < self._t:
+                raise self._below(f"dropped {d}: fewer than {self._t} of its neighbours {what}")
+
+    def _unmask(self, responders: frozenset[int]) -> AggregateResult:
+        cfg = self.config
+        assert self._acc is not None
+        acc = self._acc
+        expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
+        sid = self.session_id
+        survivors = sorted(self._u3)
+        # Self masks of survivors: reconstruct b_u, remove PRG(b_u).
+        seeds = self._reconstruct(survivors, self._self_shares, responders)
+        for u in survivors:
+            expander.subtract(self_mask_key(seeds[u], sid, u), acc)
+        # Pairwise masks between a dropped client d and its surviving neighbours v:
+        # y_v contains +PRG(s_vd) if v < d and -PRG(s_vd) if v > d; undo that.
+        needed = [d for d in sorted(self._dropped) if self._nbrs[d] & self._u3]
+        mask_secrets = self._reconstruct(needed, self._key_shares, responders)
+        for d in needed:
+            secret = X25519Secret(mask_secrets[d])
+            if secret.public != self._adverts[d].mask_public_key:
+                raise RemoteProtocolError(
+                    AbortReason.RECONSTRUCTION_FAILED,
+                    f"reconstructed mask key of {d} does not match its public key",
+                )
+            for v in sorted(self._nbrs[d] & self._u3):
+                try:
+                    key = pairwise_mask_key(secret, self._adverts[v].mask_public_key, sid, d, v)
+                except CryptoError as exc:  # pragma: no cover - keys were agreed before
+                    raise RemoteProtocolError(AbortReason.RECONSTRUCTION_FAILED, str(exc)) from exc
+                if v < d:
+                    expander.subtract(key, acc)
+                else:
+                    expander.add(key, acc)
+        if cfg.bit_width < 8 * acc.itemsize:
+            np.bitwise_and(acc, acc.dtype.type(cfg.modulus_mask), out=acc)
+        self._acc = None
+        return AggregateResult(
+            aggregate=acc,
+            survivors=tuple(survivors),
+            dropped=tuple(sorted(self._dropped)),
+            stage_participants=dict(self._stage_counts, **{Round.R4_UNMASKING: len(responders)}),
+        )
+
+    def _reconstruct(
+        self, owners: Iterable[int], shares: dict[int, dict[int, int]], responders: frozenset[int]
+    ) -> dict[int, bytes]:
+        """Reconstruct one secret per owner from the first t responding holders.
+
+        Owners whose first t holders coincide share one set of Lagrange
+        coefficients (in the complete graph, almost all of them).
+        """
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for owner in owners:
+            holders = sorted(h for h in shares[owner] if h in responders)
+            if len(holders) < self._t:
+                raise self._below(f"only {len(holders)} shares for client {owner}")
+            groups[tuple(holders[: self._t])].append(owner)
+        out: dict[int, bytes] = {}
+        for holders_t, group in groups.items():
+            matrix = [[shares[o][h] for h in holders_t] for o in group]
+            for owner, secret in zip(group, reconstruct_secrets(holders_t, matrix), strict=True):
+                out[owner] = secret
+        return out
+
+    def _abort_to(self, live: Iterable[int], reason: AbortReason, detail: str) -> dict[int, bytes]:
+        self.round = Round.ABORTED
+        self.abort_reason = reason
+        self.abort_detail = detail
+        self._acc = None
+        self._self_shares.clear()
+        self._key_shares.clear()
+        return {u: Abort(self.session_id, reason).encode() for u in sorted(live)}

@@ -1,0 +1,164 @@
+"""Canonical encoding of every message, and fuzzing of every decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import DecodeError, decode_message, make_config, simulate
+from protocol.errors import AbortReason, RemoteProtocolError
+from protocol.messages import (
+    Abort,
+    AdvertisedKeys,
+    AdvertiseKeys,
+    KeyDirectory,
+    MaskedInput,
+    Message,
+    MessageType,
+    UnmaskRequest,
+    decode_as,
+)
+
+SID = bytes(range(32))
+
+
+def _transcript_messages() -> list[bytes]:
+    """Real messages of every type, from an active session with dropouts."""
+    import numpy as np
+
+    from protocol import Mode, Round
+
+    config = make_config(5, 40, bit_width=13, mode=Mode.ACTIVE)
+    inputs = [np.arange(40, dtype=np.int64) * u for u in config.participants]
+    sim = simulate(
+        config, inputs, dropouts={5: Round.R2_MASKED_INPUT_COLLECTION}, seed=b"m", record=True
+    )
+    data = [e.data for e in sim.transcript]
+    data.append(Abort(config.session_id, AbortReason.BELOW_THRESHOLD).encode())
+    return data
+
+
+MESSAGES = _transcript_messages()
+
+
+def test_transcript_covers_every_message_type() -> None:
+    types = {decode_message(m).TYPE for m in MESSAGES}
+    assert types == set(MessageType)
+
+
+@pytest.mark.parametrize("data", MESSAGES, ids=lambda d: str(len(d)))
+def test_decode_encode_round_trip_is_identity(data: bytes) -> None:
+    msg = decode_message(data)
+    assert msg.encode() == data
+    assert decode_message(msg.encode()) == msg
+
+
+def test_non_canonical_encodings_are_refused() -> None:
+    msg = AdvertiseKeys(SID, AdvertisedKeys(7, b"\x01" * 32, b"\x02" * 32))
+    value = cbor2.loads(msg.encode())
+    # The same array with an integer in a longer-than-needed form.
+    longer = bytearray(msg.encode())
+    assert longer[1] == 0x00  # message type 0 as a one-byte integer
+    longer[1:2] = b"\x18\x00"
+    with pytest.raises(DecodeError, match="canonical"):
+        decode_message(bytes(longer))
+    # Indefinite-length array.
+    indefinite = b"\x9f" + b"".join(cbor2.dumps(v) for v in value) + b"\xff"
+    with pytest.raises(DecodeError):
+        decode_message(indefinite)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ([0, SID, 1, b"\x01" * 32, b"\x02" * 31, b""], "mask_public_key must be 32 bytes"),
+        ([0, SID, 0, b"\x01" * 32, b"\x02" * 32, b""], "client id"),
+        ([0, SID, 2**32, b"\x01" * 32, b"\x02" * 32, b""], "client id"),
+        ([0, SID[:31], 1, b"\x01" * 32, b"\x02" * 32, b""], "session_id must be 32 bytes"),
+        ([0, SID, 1, b"\x01" * 32, b"\x02" * 32, b"\x00" * 63], "signature"),
+        ([0, SID, 1, b"\x01" * 32, b"\x02" * 32], "body fields"),
+        ([42, SID], "unknown message type"),
+        ([7, SID, 1, [3, 2], [], []], "strictly increasing"),
+        ([7, SID, 1, [2, 2], [], []], "strictly increasing"),
+        ([7, SID, 1, [2], [1], [[1, b"\x00" * 63]]], "64 bytes"),
+        ([9, SID, "no-such-reason"], "unknown abort reason"),
+        ([4, SID, 1, "text"], "masked must be a byte string"),
+        ({"type": 0}, "array"),
+        ([True, SID], "unknown message type"),
+    ],
+)
+def test_invalid_fields_name_what_is_wrong(bad: object, match: str) -> None:
+    with pytest.raises(DecodeError, match=match):
+        decode_message(cbor2.dumps(bad, canonical=True))
+
+
+def test_decode_as_checks_the_type() -> None:
+    data = MaskedInput(SID, 3, b"\x00").encode()
+    assert decode_as(data, MaskedInput).sender == 3
+    with pytest.raises(DecodeError, match="expected KeyDirectory"):
+        decode_as(data, KeyDirectory)
+
+
+def test_constructors_validate() -> None:
+    with pytest.raises(DecodeError):
+        UnmaskRequest(SID, 1, (3, 2), ())
+    with pytest.raises(DecodeError):
+        KeyDirectory(
+            SID,
+            1,
+            (AdvertisedKeys(2, b"a" * 32, b"b" * 32), AdvertisedKeys(2, b"c" * 32, b"d" * 32)),
+        )
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes_give_decode_error_only(data: bytes) -> None:
+    try:
+        msg = decode_message(data)
+    except DecodeError:
+        return
+    assert isinstance(msg, Message)
+    assert msg.encode() == data
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(MESSAGES), st.data())
+def test_fuzz_mutated_real_messages(original: bytes, data: st.DataObject) -> None:
+    buf = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(buf) - 1)))
+        if op == "flip" and buf:
+            buf[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del buf[pos:]
+        else:
+            buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
+    try:
+        msg = decode_message(bytes(buf))
+    except RemoteProtocolError as exc:
+        assert exc.reason is AbortReason.MALFORMED_MESSAGE
+        return
+    assert msg.encode() == bytes(buf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=5),
+        lambda children: st.lists(children, max_size=6),
+        max_leaves=30,
+    )
+)
+def test_fuzz_structured_cbor_items(value: object) -> None:
+    for prefix in ([], [0, SID], [7, SID, 1], [8, SID, 1]):
+        item = [*prefix, value] if prefix else value
+        try:
+            msg = decode_message(cbor2.dumps(item, canonical=True))
+        except DecodeError:
+            continue
+        assert dataclasses.is_dataclass(msg)

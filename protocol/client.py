@@ -305,7 +305,7 @@ class ClientSession:
         """y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)  (mod 2^b)."""
         assert self._input is not None
         cfg = self.config
-        y = self._input.copy()
+        y = self._input  # masked in place: the plaintext input is not kept
         expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
         expander.add(self_mask_key(self._self_mask_seed, self.session_id, self.client_id), y)
         for v in peers:

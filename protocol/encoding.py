@@ -266,7 +266,8 @@ def unpack_bits(data: bytes, bit_width: int, count: int) -> WordArray:
         count: the number of elements expected.
 
     Returns:
-        A new array of ``count`` elements of dtype :func:`word_dtype` ``(b)``.
+        An array of ``count`` elements of dtype :func:`word_dtype` ``(b)``; for
+        b = 32 and 64 a read-only view of ``data`` (no copy).
 
     Raises:
         ConfigError: ``b`` is out of range or ``count`` is not an int.
@@ -287,7 +288,10 @@ def unpack_bits(data: bytes, bit_width: int, count: int) -> WordArray:
     dtype = word_dtype(b)
     fast = _FAST_PATH_DTYPES.get(b)
     if fast is not None:
-        return cast(WordArray, np.frombuffer(data, dtype=fast).astype(dtype))
+        view = np.frombuffer(data, dtype=fast)
+        # b = 32 or 64 on a little-endian host: the bytes already are the words;
+        # a read-only view avoids copying a vector the caller only reads.
+        return cast(WordArray, view if view.dtype == np.dtype(dtype) else view.astype(dtype))
     if count == 0:
         return cast(WordArray, np.zeros(0, dtype=dtype))
     used = (count * b) % 8

@@ -113,6 +113,7 @@ Found by recomputing the bounds exactly with integer arithmetic:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -122,6 +123,7 @@ from protocol.errors import ParameterError
 __all__ = [
     "DEFAULT_CORRECTNESS_BITS",
     "DEFAULT_SECURITY_BITS",
+    "MAX_BITS",
     "MAX_CLIENTS",
     "MAX_SEMI_HONEST_RATE_SUM",
     "MAX_SEMI_MALICIOUS_RATE_SUM",
@@ -146,6 +148,10 @@ MAX_SEMI_HONEST_RATE_SUM = 0.9
 
 MAX_SEMI_MALICIOUS_RATE_SUM = 0.9
 """Semi-malicious feasibility limit: ``corrupt_rate + 2 * dropout_rate <= 0.9``."""
+
+MAX_BITS = 256
+"""Upper limit on ``security_bits`` and ``correctness_bits``; keeps the tail
+probabilities ``2^-bits / n`` far from floating-point underflow."""
 
 # fcp's kSmall: nudges floor/ceil of rate * n so that floating-point error in
 # the product cannot round the number of bad clients in the insecure direction.
@@ -208,8 +214,10 @@ def derive_parameters(
         corrupt_rate: Largest fraction ``gamma`` of clients that may be corrupt,
             in ``[0, 1)``.
         adversary: Adversary class of the server.
-        security_bits: ``sigma``; privacy is lost with probability < ``2^-sigma``.
-        correctness_bits: ``eta``; the round fails with probability < ``2^-eta``.
+        security_bits: ``sigma``, in ``[1, MAX_BITS]``; privacy is lost with
+            probability < ``2^-sigma``.
+        correctness_bits: ``eta``, in ``[1, MAX_BITS]``; the round fails with
+            probability < ``2^-eta``.
 
     Returns:
         The smallest even degree that meets the bounds, with the smallest
@@ -217,16 +225,19 @@ def derive_parameters(
 
     Raises:
         ParameterError: If an input is out of range (``n`` not in
-            ``[1, MAX_CLIENTS]``, a rate not in ``[0, 1)``, non-positive bits),
+            ``[1, MAX_CLIENTS]``, a rate not in ``[0, 1)``, bits not in
+            ``[1, MAX_BITS]``),
             if ``corrupt_rate + dropout_rate > 0.9`` (semi-honest) or
             ``corrupt_rate + 2 * dropout_rate > 0.9`` (semi-malicious), or if no
             degree ``k < n - 1`` meets the bounds (use the complete graph then,
             see :func:`complete_graph_threshold`). The message names the limit.
     """
     adversary = _validate_threat_model(num_clients, dropout_rate, corrupt_rate, adversary)
+    # All further arithmetic is in doubles, as in fcp.
+    dropout_rate, corrupt_rate = float(dropout_rate), float(corrupt_rate)
     for name, bits in (("security_bits", security_bits), ("correctness_bits", correctness_bits)):
-        if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-            raise ParameterError(f"{name} must be an integer >= 1, got {bits!r}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+            raise ParameterError(f"{name} must be an integer in [1, {MAX_BITS}], got {bits!r}")
     if adversary is AdversaryClass.SEMI_HONEST:
         if corrupt_rate + dropout_rate > MAX_SEMI_HONEST_RATE_SUM:
             raise ParameterError(
@@ -240,8 +251,8 @@ def derive_parameters(
         )
     found = _search(
         num_clients,
-        float(corrupt_rate),
-        float(dropout_rate),
+        corrupt_rate,
+        dropout_rate,
         adversary is AdversaryClass.SEMI_MALICIOUS,
         security_bits,
         correctness_bits,
@@ -284,7 +295,7 @@ def complete_graph_threshold(
             secure (see :func:`check_complete_graph_threshold`).
     """
     _validate_threat_model(num_clients, dropout_rate, corrupt_rate, adversary, max_clients=None)
-    threshold = math.ceil((1 - dropout_rate) * num_clients)
+    threshold = math.ceil((1 - float(dropout_rate)) * num_clients)
     check_complete_graph_threshold(num_clients, threshold, dropout_rate, corrupt_rate, adversary)
     return threshold
 
@@ -318,6 +329,7 @@ def check_complete_graph_threshold(
     adversary = _validate_threat_model(
         num_clients, dropout_rate, corrupt_rate, adversary, max_clients=None
     )
+    dropout_rate, corrupt_rate = float(dropout_rate), float(corrupt_rate)
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ParameterError(f"threshold must be an integer, got {threshold!r}")
     if threshold <= 1 or threshold > num_clients:
@@ -363,16 +375,23 @@ def _validate_threat_model(
         raise ParameterError(
             f"num_clients must be <= {max_clients} (fcp's tested limit), got {num_clients}"
         )
-    for name, rate in (("dropout_rate", dropout_rate), ("corrupt_rate", corrupt_rate)):
-        # Written so that NaN fails too.
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
-            raise ParameterError(f"{name} must be in [0, 1), got {rate!r}")
+    _check_rate("dropout_rate", dropout_rate)
+    _check_rate("corrupt_rate", corrupt_rate)
     try:
         return AdversaryClass(adversary)
     except ValueError:
         raise ParameterError(
             f"adversary must be one of {[a.value for a in AdversaryClass]}, got {adversary!r}"
         ) from None
+
+
+def _check_rate(name: str, rate: object) -> None:
+    # Typed ``object``: callers may pass anything at run time.
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise ParameterError(f"{name} must be a real number in [0, 1), got {rate!r}")
+    # Written so that NaN fails too.
+    if not 0 <= float(rate) < 1:
+        raise ParameterError(f"{name} must be in [0, 1), got {rate!r}")
 
 
 @lru_cache(maxsize=256)
@@ -429,8 +448,8 @@ def _search(
             t2 += 1
 
         if semi_malicious:
-            # Bell et al. Sec. 4: two inconsistent views plus the corrupt
-            # neighbours must stay below t, i.e. 2t - k > t1.
+            # Two inconsistent views of the dropouts overlap in >= 2t - k
+            # neighbours, which the corrupt ones must cover: need 2t - k > t1.
             t1 = math.ceil((t1 + k - _SEMI_MALICIOUS_SHIFT) / 2)
         if t2 <= t1:
             continue

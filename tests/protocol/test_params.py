@@ -191,7 +191,7 @@ FCP_INFEASIBLE: list[tuple[Row, str]] = [
 
 
 def test_table_is_complete() -> None:
-    # 17 groups in fcp's list: 13 of 6 sizes, two (0.45/0.45, 0.3/0.3) of 5, one of 4.
+    # 17 groups in fcp's list: 14 of 6 sizes, two (0.45/0.45, 0.3/0.3) of 5, one of 4.
     assert len(FCP_FEASIBLE) == 98
     assert len({row.id for row in FCP_FEASIBLE}) == 98
     assert len(FCP_INFEASIBLE) == 7
@@ -266,8 +266,11 @@ def test_fcp_infeasible_rows_refused(row: Row, message: str) -> None:
         ({"dropout_rate": math.nan}, r"dropout_rate must be in \[0, 1\), got nan"),
         ({"dropout_rate": math.inf}, r"dropout_rate must be in \[0, 1\)"),
         ({"adversary": "malicious"}, r"adversary must be one of"),
-        ({"security_bits": 0}, r"security_bits must be an integer >= 1"),
-        ({"correctness_bits": -1}, r"correctness_bits must be an integer >= 1"),
+        ({"security_bits": 0}, r"security_bits must be an integer in \[1, 256\], got 0"),
+        ({"security_bits": 257}, r"security_bits must be an integer in \[1, 256\]"),
+        ({"correctness_bits": -1}, r"correctness_bits must be an integer in \[1, 256\]"),
+        ({"correctness_bits": 20.0}, r"correctness_bits must be an integer"),
+        ({"dropout_rate": "0.1"}, r"dropout_rate must be a real number in \[0, 1\)"),
         ({"corrupt_rate": 0.5, "dropout_rate": 0.41}, r"corrupt_rate \+ dropout_rate"),
         (
             {"adversary": SM, "corrupt_rate": 0.2, "dropout_rate": 0.36},

@@ -40,7 +40,7 @@ from protocol.crypto import (
     ed25519_verify,
     x25519_generate,
 )
-from protocol.encoding import WordArray, pack_bits, to_modular, word_dtype
+from protocol.encoding import pack_bits, to_modular, word_dtype
 from protocol.errors import (
     AbortReason,
     ConfigError,
@@ -116,7 +116,9 @@ class ClientSession:
         self.session_id = config.session_id
         self._rng = rng if rng is not None else SystemRandom()
         self._identity_key = identity_key
-        self._input: WordArray | None = to_modular(vec, config.bit_width)
+        # Reduced mod 2^b only when the masked input is computed (round 2), so an
+        # idle session holds no copy; the caller must not modify it meanwhile.
+        self._input: IntArray | None = vec
         self._neighbours = config.neighbour_graph.neighbours(client_id)
         self._transitions = CLIENT_TRANSITIONS[config.mode]
         self.round = Round.R0_ADVERTISE_KEYS
@@ -305,7 +307,7 @@ class ClientSession:
         """y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)  (mod 2^b)."""
         assert self._input is not None
         cfg = self.config
-        y = self._input  # masked in place: the plaintext input is not kept
+        y = to_modular(self._input, cfg.bit_width)  # a fresh array, masked in place
         expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
         expander.add(self_mask_key(self._self_mask_seed, self.session_id, self.client_id), y)
         for v in peers:

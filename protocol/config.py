@@ -15,7 +15,7 @@ from functools import cached_property
 from protocol import _cbor
 from protocol._keys import LABEL_GRAPH
 from protocol.crypto import CIPHERSUITE, PROTOCOL_LABEL, derive_key, sha256
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, DecodeError
 from protocol.graph import Graph, complete_graph, harary_graph
 
 PROTOCOL_VERSION = "secagg-v1"
@@ -142,6 +142,48 @@ class SessionConfig:
     def encode(self) -> bytes:
         """Canonical CBOR bytes of the configuration."""
         return _cbor.dumps(self.to_cbor_value())
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionConfig:
+        """Parse :meth:`encode` output; anything else raises :class:`DecodeError`.
+
+        A client that receives its configuration over the network must still
+        compare it with its own policy (threshold, graph, bit width) before
+        taking part: decoding only proves the bytes are well formed.
+        """
+        value = _cbor.loads(data)
+        if not isinstance(value, list) or len(value) != 12:
+            raise DecodeError("a session configuration is an array of 12 fields")
+        (version, suite, nonce, parts, t, length, bits, mode, graph, degree, keys, ctx) = value
+        if version != PROTOCOL_VERSION or suite != CIPHERSUITE:
+            raise DecodeError(f"unsupported protocol {version!r} / ciphersuite {suite!r}")
+        if not isinstance(parts, list) or not isinstance(keys, list):
+            raise DecodeError("participants and identity keys must be arrays")
+        ints = [t, length, bits, degree, *parts]
+        if any(not isinstance(x, int) or isinstance(x, bool) for x in ints):
+            raise DecodeError("integer fields must be integers")
+        if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
+            raise DecodeError(f"unknown mode {mode!r}")
+        if not isinstance(graph, str) or graph not in {g.value for g in GraphKind}:
+            raise DecodeError(f"unknown graph {graph!r}")
+        try:
+            config = cls(
+                participants=tuple(parts),
+                threshold=t,
+                vector_length=length,
+                bit_width=bits,
+                nonce=nonce,
+                mode=Mode(mode),
+                graph=GraphKind(graph),
+                degree=degree,
+                identity_keys=tuple(keys),
+                context=ctx,
+            )
+        except ConfigError as exc:
+            raise DecodeError(f"invalid session configuration: {exc}") from exc
+        if config.encode() != data:  # e.g. degree 0 for a complete graph
+            raise DecodeError("not the canonical encoding of a session configuration")
+        return config
 
     @cached_property
     def session_id(self) -> bytes:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -417,6 +418,30 @@ class FixedPointEncoding:
                 f"(sum < 2**63), i.e. at most {limit} clients with these parameters"
             )
         return b
+
+    def check_bit_width(self, num_clients: int, bit_width: int) -> None:
+        """Refuse a session bit width under which ``num_clients`` encodings could wrap.
+
+        Raises:
+            ConfigError: ``bit_width < required_bit_width(num_clients)``; the
+                message names both widths.
+        """
+        need = self.required_bit_width(num_clients)
+        if bit_width < need:
+            raise ConfigError(
+                f"bit_width {bit_width} is too small: the sum of {num_clients} clients "
+                f"needs {need} bits (clip={self.clip}, scale={self.scale}, "
+                f"max_weight={self.max_weight})"
+            )
+
+    def context(self) -> bytes:
+        """The encoding parameters as bytes, to bind into a session's ``context``.
+
+        ``"fixed-point" 0x00 || clip (float64 BE) || scale (float64 BE) ||
+        max_weight (uint64 BE)``: clients agreeing on a session also agree on
+        how its sum is to be decoded.
+        """
+        return b"fixed-point\x00" + struct.pack(">ddQ", self.clip, self.scale, self.max_weight)
 
     def encode(
         self, x: npt.NDArray[np.floating], weight: int, rng: RandomSource

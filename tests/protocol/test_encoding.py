@@ -652,3 +652,24 @@ def test_decode_empty_vector() -> None:
     mean, weight = enc.decode(enc.encode(np.zeros(0), 3, DeterministicRandom(b"e")))
     assert mean.shape == (0,)
     assert weight == 3
+
+
+def test_check_bit_width_refuses_widths_that_could_wrap() -> None:
+    enc = FixedPointEncoding(clip=1.0, scale=2.0**16, max_weight=1000)
+    need = enc.required_bit_width(10)
+    enc.check_bit_width(10, need)
+    enc.check_bit_width(10, 64)
+    with pytest.raises(ConfigError, match=f"needs {need} bits"):
+        enc.check_bit_width(10, need - 1)
+
+
+def test_context_binds_every_encoding_parameter() -> None:
+    base = FixedPointEncoding(clip=1.0, scale=2.0**16, max_weight=1000)
+    others = [
+        FixedPointEncoding(clip=2.0, scale=2.0**16, max_weight=1000),
+        FixedPointEncoding(clip=1.0, scale=2.0**15, max_weight=1000),
+        FixedPointEncoding(clip=1.0, scale=2.0**16, max_weight=999),
+    ]
+    assert base.context() == FixedPointEncoding(1.0, 2.0**16, 1000).context()
+    assert len({base.context(), *(o.context() for o in others)}) == 4
+    assert base.context().startswith(b"fixed-point\x00")

@@ -57,6 +57,12 @@ def test_decode_encode_round_trip_is_identity(data: bytes) -> None:
     assert decode_message(msg.encode()) == msg
 
 
+@pytest.mark.parametrize("data", MESSAGES, ids=lambda d: str(len(d)))
+def test_encoding_equals_cbor2_canonical_encoding(data: bytes) -> None:
+    # The hand-written encoder is checked against the reference library.
+    assert cbor2.dumps(cbor2.loads(data), canonical=True) == data
+
+
 def test_non_canonical_encodings_are_refused() -> None:
     msg = AdvertiseKeys(SID, AdvertisedKeys(7, b"\x01" * 32, b"\x02" * 32))
     value = cbor2.loads(msg.encode())
@@ -68,8 +74,16 @@ def test_non_canonical_encodings_are_refused() -> None:
         decode_message(bytes(longer))
     # Indefinite-length array.
     indefinite = b"\x9f" + b"".join(cbor2.dumps(v) for v in value) + b"\xff"
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match="indefinite"):
         decode_message(indefinite)
+    # Trailing bytes after the item.
+    with pytest.raises(DecodeError, match="trailing"):
+        decode_message(msg.encode() + b"\x00")
+    # A byte-string length in a longer-than-needed head (32 as 0x59 0x00 0x20).
+    data = msg.encode()
+    idx = data.index(b"\x58\x20")
+    with pytest.raises(DecodeError, match="canonical"):
+        decode_message(data[:idx] + b"\x59\x00\x20" + data[idx + 2 :])
 
 
 @pytest.mark.parametrize(
@@ -87,8 +101,9 @@ def test_non_canonical_encodings_are_refused() -> None:
         ([7, SID, 1, [2], [1], [[1, b"\x00" * 63]]], "64 bytes"),
         ([9, SID, "no-such-reason"], "unknown abort reason"),
         ([4, SID, 1, "text"], "masked must be a byte string"),
-        ({"type": 0}, "array"),
-        ([True, SID], "unknown message type"),
+        ({"type": 0}, "maps are not allowed"),
+        ([True, SID], "simple values are not allowed"),
+        ([1.5, SID], "floats"),
     ],
 )
 def test_invalid_fields_name_what_is_wrong(bad: object, match: str) -> None:
@@ -112,6 +127,22 @@ def test_constructors_validate() -> None:
             1,
             (AdvertisedKeys(2, b"a" * 32, b"b" * 32), AdvertisedKeys(2, b"c" * 32, b"d" * 32)),
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=300) | st.text(max_size=30),
+        lambda children: st.lists(children, max_size=5),
+        max_leaves=20,
+    )
+)
+def test_subset_codec_agrees_with_cbor2(value: object) -> None:
+    from protocol import _cbor
+
+    data = _cbor.dumps(value)
+    assert data == cbor2.dumps(value, canonical=True)
+    assert _cbor.loads(data) == (value if not isinstance(value, tuple) else list(value))
 
 
 @settings(max_examples=600, deadline=None)

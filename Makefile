@@ -45,10 +45,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 vectors: $(STAMP)
-	$(BIN)/python -m protocol.vectors write specs/vectors
+	$(BIN)/secagg vectors write specs/vectors
 
 check-vectors: $(STAMP)
-	$(BIN)/python -m protocol.vectors check specs/vectors
+	$(BIN)/secagg vectors check specs/vectors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

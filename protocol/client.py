@@ -179,7 +179,8 @@ class ClientSession:
         if msg.session_id != self.session_id:
             self._fail(AbortReason.WRONG_SESSION, "message belongs to another session")
         if isinstance(msg, Abort):
-            self._abort(msg.reason)
+            if self.round is not Round.COMPLETED:  # terminal states are never left
+                self._abort(msg.reason)
             return None
         recipient = getattr(msg, "recipient", None)
         if recipient != self.client_id:

@@ -199,6 +199,7 @@ def simulate(
         deliver_to_server(u, data)
 
     while server.round not in (Round.COMPLETED, Round.ABORTED):
+        closing = Round(server.round)
         t0 = time.perf_counter()
         outgoing = server.advance()
         server_s += time.perf_counter() - t0
@@ -207,9 +208,9 @@ def simulate(
             recv[u] += len(data)
             if record:
                 transcript.append(TranscriptEntry(next_round, "to_client", u, data))
-            if next_round is not Round.ABORTED and drops_in(u, next_round):
-                continue  # the client is gone: it never answers
-            if next_round is Round.ABORTED and u in drops:
+            # A client is gone from the round it drops in; an Abort closing round
+            # r still reaches those that drop only later.
+            if drops_in(u, closing if next_round is Round.ABORTED else next_round):
                 continue
             t0 = time.perf_counter()
             reply = clients[u].receive(data)

@@ -25,7 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
     n, length = args.clients, args.length
     encoding = FixedPointEncoding(clip=1.0, scale=float(1 << 16), max_weight=1000)
     bits = encoding.required_bit_width(n)
-    config = make_config(n, length + 1, bit_width=bits, seed=b"demo")
+    config = make_config(n, length + 1, bit_width=bits, seed=b"demo", context=encoding.context())
     data = np.random.default_rng(args.seed)  # the updates are data, not secrets
     updates = [data.normal(0, 0.3, length).astype(np.float32) for _ in range(n)]
     weights = [int(w) for w in data.integers(10, 1000, n)]
@@ -84,6 +84,54 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if report["exact"] else 1
 
 
+def _vectors(args: argparse.Namespace) -> int:
+    """Write the transcript test vectors to DIR, or check DIR against them."""
+    from pathlib import Path
+
+    from protocol.testvectors import check_vector, dumps_vector, generate_all
+
+    directory = Path(args.dir)
+    generated = {name: dumps_vector(v).encode() for name, v in generate_all().items()}
+    if args.action == "write":
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(generated.items()):
+            (directory / name).write_bytes(data)
+        print(f"wrote {len(generated)} vectors to {directory}")
+        for path in sorted(directory.glob("*.json")):
+            if path.name not in generated:
+                print(f"warning: {path} is not a generated vector", file=sys.stderr)
+        return 0
+
+    if not directory.is_dir():
+        print(f"error: {directory} is not a directory", file=sys.stderr)
+        return 1
+    on_disk = {p.name: p.read_bytes() for p in sorted(directory.glob("*.json"))}
+    problems: list[str] = [] if on_disk else [f"no vector files in {directory}"]
+    if not args.replay_only:
+        problems += [f"missing: {n}" for n in sorted(generated.keys() - on_disk.keys())]
+        problems += [f"extra: {n}" for n in sorted(on_disk.keys() - generated.keys())]
+        for name in sorted(generated.keys() & on_disk.keys()):
+            if on_disk[name] != generated[name]:
+                ours, theirs = generated[name].splitlines(), on_disk[name].splitlines()
+                line = next(
+                    (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                    min(len(ours), len(theirs)),
+                )
+                problems.append(f"differs: {name} (first at line {line + 1})")
+    for name, data in on_disk.items():
+        try:
+            check_vector(json.loads(data))
+        except Exception as exc:  # report every file, whatever is wrong with it
+            problems.append(f"replay failed: {name}: {exc}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(
+        f"{len(on_disk)} vector files in {directory} replayed; "
+        f"{'OK' if not problems else f'{len(problems)} problem(s)'}"
+    )
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secagg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bit-width", type=int, default=32)
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(func=_bench)
+
+    vectors = sub.add_parser(
+        "vectors", help="write or check the transcript test vectors (specs/vectors)"
+    )
+    vectors.add_argument("action", choices=["write", "check"])
+    vectors.add_argument("dir", help="directory of <name>.json vector files")
+    vectors.add_argument(
+        "--replay-only",
+        action="store_true",
+        help="check: only replay the files (e.g. from another implementation), no diff",
+    )
+    vectors.set_defaults(func=_vectors)
     return parser
 
 

@@ -412,3 +412,15 @@ def test_malformed_bytes_abort_the_client_with_a_typed_error() -> None:
     h = _h()
     h.run_to(Round.R1_SHARE_KEYS)
     _expect_abort(h, 1, b"\xff\x00garbage", AbortReason.MALFORMED_MESSAGE)
+
+
+def test_completed_client_stays_completed_after_an_abort() -> None:
+    from protocol.messages import Abort
+
+    h = _h(n=4)
+    out = h.run_to(Round.R4_UNMASKING)
+    h.deliver(out)
+    assert h.clients[1].round is Round.COMPLETED
+    assert h.clients[1].receive(Abort(h.config.session_id, AbortReason.CANCELLED).encode()) is None
+    assert h.clients[1].round is Round.COMPLETED
+    assert h.clients[1].abort_reason is None

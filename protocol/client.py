@@ -309,14 +309,11 @@ class ClientSession:
         assert self._input is not None
         cfg = self.config
         y = to_modular(self._input, cfg.bit_width)  # a fresh array, masked in place
-        expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
-        expander.add(self_mask_key(self._self_mask_seed, self.session_id, self.client_id), y)
+        plus = [self_mask_key(self._self_mask_seed, self.session_id, self.client_id)]
+        minus: list[bytes] = []
         for v in peers:
-            key = self._pairwise_key(v)
-            if self.client_id < v:
-                expander.add(key, y)
-            else:
-                expander.subtract(key, y)
+            (plus if self.client_id < v else minus).append(self._pairwise_key(v))
+        MaskExpander(word_dtype(cfg.bit_width)).apply(y, add=plus, subtract=minus)
         self._self_mask_seed = b""
         self._input = None
         if cfg.bit_width < 8 * y.itemsize:

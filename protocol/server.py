@@ -387,13 +387,12 @@ class ServerSession:
         cfg = self.config
         assert self._acc is not None
         acc = self._acc
-        expander = MaskExpander(cfg.vector_length, word_dtype(cfg.bit_width))
         sid = self.session_id
         survivors = sorted(self._u3)
         # Self masks of survivors: reconstruct b_u, remove PRG(b_u).
         seeds = self._reconstruct(survivors, self._self_shares, responders)
-        for u in survivors:
-            expander.subtract(self_mask_key(seeds[u], sid, u), acc)
+        minus = [self_mask_key(seeds[u], sid, u) for u in survivors]
+        plus: list[bytes] = []
         # Pairwise masks between a dropped client d and its surviving neighbours v:
         # y_v contains +PRG(s_vd) if v < d and -PRG(s_vd) if v > d; undo that.
         needed = [d for d in sorted(self._dropped) if self._nbrs[d] & self._u3]
@@ -410,10 +409,9 @@ class ServerSession:
                     key = pairwise_mask_key(secret, self._adverts[v].mask_public_key, sid, d, v)
                 except CryptoError as exc:  # pragma: no cover - keys were agreed before
                     raise RemoteProtocolError(AbortReason.RECONSTRUCTION_FAILED, str(exc)) from exc
-                if v < d:
-                    expander.subtract(key, acc)
-                else:
-                    expander.add(key, acc)
+                (minus if v < d else plus).append(key)
+        # Every secret is reconstructed and checked before any mask is removed.
+        MaskExpander(word_dtype(cfg.bit_width)).apply(acc, add=plus, subtract=minus)
         if cfg.bit_width < 8 * acc.itemsize:
             np.bitwise_and(acc, acc.dtype.type(cfg.modulus_mask), out=acc)
         self._acc = None

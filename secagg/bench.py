@@ -24,6 +24,7 @@ from protocol.crypto import (
     ed25519_public_key,
     ed25519_sign,
     ed25519_verify,
+    prg_fill,
     x25519_generate,
 )
 from protocol.encoding import word_dtype
@@ -58,10 +59,12 @@ class PrimitiveCosts:
     def measure(cls, length: int, bit_width: int, threshold: int, holders: int) -> PrimitiveCosts:
         rng = SystemRandom()
         dtype = word_dtype(bit_width)
-        expander = MaskExpander(length, dtype)
+        expander = MaskExpander(dtype)
         acc = np.zeros(length, dtype)
-        key = rng.random_bytes(16)
-        mask = _best_of(lambda: expander.add(key, acc), repeat=7)
+        keys = [rng.random_bytes(16) for _ in range(8)]
+        # A client applies all its masks in one call; price one mask of such a call.
+        mask = _best_of(lambda: expander.apply(acc, add=keys), repeat=7) / len(keys)
+        key = keys[0]
         sk = x25519_generate(rng)
         pk = x25519_generate(rng).public
         sid = bytes(32)
@@ -86,7 +89,8 @@ class PrimitiveCosts:
         sign = _best_of(lambda: ed25519_sign(ident, b"m"), number=50)
         verify = _best_of(lambda: ed25519_verify(pub, sig, b"m"), number=50)
         nbytes = length * np.dtype(dtype).itemsize
-        ks = _best_of(lambda: expander.expand(key), repeat=7)
+        stream = np.zeros(length, dtype)
+        ks = _best_of(lambda: prg_fill(key, stream), repeat=7)
         return cls(
             mask=mask,
             agree=agree,

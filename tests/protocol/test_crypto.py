@@ -68,9 +68,29 @@ def test_prg_is_seekable(dtype: type, start: int) -> None:
     assert np.array_equal(part, whole[start : start + 50])
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 1000, 5000])
+def test_chunked_masks_equal_whole_vector_keystreams(dtype: type, length: int) -> None:
+    keys = [bytes([i]) * 16 for i in range(5)]
+    acc = np.arange(length, dtype=dtype)
+    # A tiny chunk forces many chunks, including a partial last one.
+    MaskExpander(dtype, chunk_bytes=256).apply(acc, add=keys[:3], subtract=keys[3:])
+    expected = np.arange(length, dtype=dtype)
+    for i, key in enumerate(keys):
+        stream = np.zeros(length, dtype)
+        prg_fill(key, stream)
+        expected = expected + stream if i < 3 else expected - stream
+    assert np.array_equal(acc, expected)
+
+
+def test_mask_expander_refuses_a_foreign_accumulator() -> None:
+    with pytest.raises(CryptoError):
+        MaskExpander(np.uint32).add(bytes(16), np.zeros(4, np.uint64))
+
+
 def test_mask_expander_adds_and_subtracts_exactly() -> None:
     key = bytes(range(16))
-    exp = MaskExpander(1000, np.uint32)
+    exp = MaskExpander(np.uint32)
     acc = np.arange(1000, dtype=np.uint32)
     exp.add(key, acc)
     whole = np.zeros(1000, np.uint32)

@@ -7,10 +7,12 @@ checks the spec's table of labels against :data:`LABELS`.
 from __future__ import annotations
 
 from protocol.crypto import (
+    DETERMINISTIC_RANDOM_LABEL,
     PRG_KEY_SIZE,
     PROTOCOL_LABEL,
     X25519Secret,
     derive_key,
+    sha256,
     x25519_agree,
 )
 
@@ -26,6 +28,8 @@ LABEL_SELF_MASK = b"self-mask"
 LABEL_GRAPH = b"graph"
 LABEL_ADVERTISE = b"advertise-keys"
 LABEL_CONSISTENCY = b"consistency"
+LABEL_SELF_MASK_COMMITMENT = b"self-mask-commitment"
+LABEL_SESSION = b"session"
 
 LABELS = (
     LABEL_SHARE_ENCRYPTION,
@@ -34,6 +38,9 @@ LABELS = (
     LABEL_GRAPH,
     LABEL_ADVERTISE,
     LABEL_CONSISTENCY,
+    LABEL_SELF_MASK_COMMITMENT,
+    LABEL_SESSION,
+    DETERMINISTIC_RANDOM_LABEL,
 )
 
 
@@ -79,6 +86,24 @@ def self_mask_key(seed: bytes, session_id: bytes, owner: int) -> bytes:
         session_id=session_id,
         context=u32(owner),
         length=PRG_KEY_SIZE,
+    )
+
+
+def self_mask_commitment(seed: bytes, session_id: bytes, owner: int) -> bytes:
+    """SHA-256 commitment to ``owner``'s self-mask seed, sent to the server in round 1.
+
+    The server checks the reconstructed seed against it, so a wrong share
+    aborts the session instead of silently corrupting the sum. The seed is 32
+    uniformly random bytes, so the commitment hides it.
+    """
+    return sha256(
+        PROTOCOL_LABEL
+        + b"\x00"
+        + LABEL_SELF_MASK_COMMITMENT
+        + b"\x00"
+        + session_id
+        + u32(owner)
+        + seed
     )
 
 

@@ -11,6 +11,8 @@ Rules this file keeps (after h11's ``_state.py``):
 3. States are named by round. Orthogonal facts (the mode, whether the
    client has sent its keys) are data on the session, not more states.
 4. ``COMPLETED`` and ``ABORTED`` are terminal: nothing leaves them.
+5. An ``Abort`` from the server moves a client from any non-terminal state
+   to ``ABORTED`` (:func:`client_after_abort`); terminal states ignore it.
 """
 
 from __future__ import annotations
@@ -82,3 +84,8 @@ SERVER_ADVANCE: dict[Mode, dict[Round, Round]] = {
         Round.R4_UNMASKING: Round.COMPLETED,
     },
 }
+
+
+def client_after_abort(state: Round) -> Round:
+    """Rule 5: the client state after the server's ``Abort`` message."""
+    return state if state in TERMINAL else Round.ABORTED

@@ -21,12 +21,13 @@ from protocol._keys import (
     advertise_payload,
     consistency_payload,
     pairwise_mask_key,
+    self_mask_commitment,
     self_mask_key,
     share_aad,
     share_encryption_key,
     u32,
 )
-from protocol._state import CLIENT_TRANSITIONS, TERMINAL, Round
+from protocol._state import CLIENT_TRANSITIONS, TERMINAL, Round, client_after_abort
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import (
     MaskExpander,
@@ -179,7 +180,7 @@ class ClientSession:
         if msg.session_id != self.session_id:
             self._fail(AbortReason.WRONG_SESSION, "message belongs to another session")
         if isinstance(msg, Abort):
-            if self.round is not Round.COMPLETED:  # terminal states are never left
+            if client_after_abort(self.round) is Round.ABORTED:
                 self._abort(msg.reason)
             return None
         recipient = getattr(msg, "recipient", None)
@@ -272,7 +273,8 @@ class ClientSession:
             ciphertexts.append(
                 (v, aead_seal(key, plaintext, share_aad(self.session_id, self.client_id, v)))
             )
-        return ShareKeys(self.session_id, self.client_id, tuple(ciphertexts)).encode()
+        commitment = self_mask_commitment(seed, self.session_id, self.client_id)
+        return ShareKeys(self.session_id, self.client_id, commitment, tuple(ciphertexts)).encode()
 
     def _on_share_bundle(self, msg: ShareBundle) -> bytes:
         """R1 -> R2: open our shares, then send the masked input."""
@@ -331,7 +333,7 @@ class ClientSession:
                 v,
             )
         except CryptoError as exc:
-            self._fail(AbortReason.MALFORMED_MESSAGE, f"mask key of {v} is invalid: {exc}")
+            self._fail(AbortReason.INVALID_PUBLIC_KEY, f"mask key of {v} is invalid: {exc}")
 
     def _on_consistency_request(self, msg: ConsistencyRequest) -> bytes:
         """R2 -> R3 (active mode): sign the survivor set after checking it."""
@@ -440,4 +442,4 @@ class ClientSession:
         try:
             return secret.agree(public)
         except CryptoError as exc:
-            self._fail(AbortReason.MALFORMED_MESSAGE, f"invalid public key: {exc}")
+            self._fail(AbortReason.INVALID_PUBLIC_KEY, f"invalid public key: {exc}")

@@ -13,7 +13,7 @@ from enum import StrEnum
 from functools import cached_property
 
 from protocol import _cbor
-from protocol._keys import LABEL_GRAPH
+from protocol._keys import LABEL_GRAPH, LABEL_SESSION
 from protocol.crypto import CIPHERSUITE, PROTOCOL_LABEL, derive_key, sha256
 from protocol.errors import ConfigError, DecodeError
 from protocol.graph import Graph, complete_graph, harary_graph
@@ -21,6 +21,8 @@ from protocol.graph import Graph, complete_graph, harary_graph
 PROTOCOL_VERSION = "secagg-v1"
 MAX_CLIENT_ID = (1 << 32) - 1
 MAX_VECTOR_LENGTH = 1 << 28
+# A MaskedInput frames its vector with at most 64 bytes (type, session id, sender).
+MAX_PACKED_SIZE = (1 << 30) - 64
 
 
 class Mode(StrEnum):
@@ -83,12 +85,21 @@ class SessionConfig:
             raise ConfigError("participant ids must be distinct and sorted ascending")
         if parts[0] < 1 or parts[-1] > MAX_CLIENT_ID:
             raise ConfigError(f"participant ids must lie in [1, {MAX_CLIENT_ID}]")
+        for name in ("threshold", "vector_length", "bit_width", "degree"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
         if self.graph is GraphKind.COMPLETE:
             if self.degree not in (0, n - 1):
                 raise ConfigError(f"the complete graph on {n} clients has degree {n - 1}")
             object.__setattr__(self, "degree", n - 1)
         elif not 1 <= self.degree <= n - 1:
             raise ConfigError(f"degree must lie in [1, {n - 1}], got {self.degree}")
+        elif self.degree % 2 == 1 and n % 2 == 1:
+            raise ConfigError(
+                f"a Harary graph of odd degree {self.degree} needs an even number of "
+                f"participants, got {n}"
+            )
         k = self.degree
         if not 1 <= self.threshold <= k:
             raise ConfigError(f"threshold must lie in [1, degree={k}], got {self.threshold}")
@@ -105,6 +116,12 @@ class SessionConfig:
             )
         if not 1 <= self.bit_width <= 64:
             raise ConfigError(f"bit_width must lie in [1, 64], got {self.bit_width}")
+        if self.packed_size > MAX_PACKED_SIZE:
+            raise ConfigError(
+                f"a masked vector of {self.vector_length} x {self.bit_width} bits is "
+                f"{self.packed_size} bytes; the limit is {MAX_PACKED_SIZE} "
+                f"(messages are at most {_cbor.MAX_MESSAGE_SIZE} bytes)"
+            )
         if not isinstance(self.nonce, bytes) or len(self.nonce) != 32:
             raise ConfigError("nonce must be 32 bytes")
         if not isinstance(self.context, bytes) or len(self.context) > 1024:
@@ -188,7 +205,7 @@ class SessionConfig:
     @cached_property
     def session_id(self) -> bytes:
         """``SHA-256("secagg-v1" 0x00 "session" 0x00 || encode())``."""
-        return sha256(PROTOCOL_LABEL + b"\x00session\x00" + self.encode())
+        return sha256(PROTOCOL_LABEL + b"\x00" + LABEL_SESSION + b"\x00" + self.encode())
 
     @cached_property
     def neighbour_graph(self) -> Graph:

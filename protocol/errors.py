@@ -26,6 +26,7 @@ class AbortReason(StrEnum):
     WRONG_RECIPIENT = "wrong_recipient"
     REPLAYED_MESSAGE = "replayed_message"
     DUPLICATE_KEYS = "duplicate_keys"
+    INVALID_PUBLIC_KEY = "invalid_public_key"
     OWN_KEYS_NOT_ECHOED = "own_keys_not_echoed"
     NOT_A_NEIGHBOUR = "not_a_neighbour"
     BAD_SIGNATURE = "bad_signature"
@@ -35,7 +36,6 @@ class AbortReason(StrEnum):
     SECOND_UNMASK_REQUEST = "second_unmask_request"
     WRONG_VECTOR_LENGTH = "wrong_vector_length"
     RECONSTRUCTION_FAILED = "reconstruction_failed"
-    CONFIG_MISMATCH = "config_mismatch"
     # Driven from outside.
     CANCELLED = "cancelled"
 

@@ -11,7 +11,7 @@ Round by round (C = client to server, S = server to client):
 
 * R0  C ``AdvertiseKeys``        two X25519 public keys (+ Ed25519 signature in active mode)
 * R0→1 S ``KeyDirectory``        the advertised keys of the recipient's neighbours and its own
-* R1  C ``ShareKeys``            one AEAD ciphertext of shares per neighbour
+* R1  C ``ShareKeys``            self-mask seed commitment, one AEAD share ciphertext per neighbour
 * R1→2 S ``ShareBundle``         the ciphertexts addressed to the recipient
 * R2  C ``MaskedInput``          the masked vector, bit-packed to b bits per element
 * R2→3 S ``ConsistencyRequest``  (active) the survivor set to sign
@@ -36,6 +36,7 @@ MAX_ID = (1 << 32) - 1
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 SESSION_ID_SIZE = 32
+COMMITMENT_SIZE = 32
 # A share ciphertext: sender(4) || recipient(4) || two shares || Poly1305 tag.
 SHARE_PLAINTEXT_SIZE = 8 + 2 * SHARE_SIZE
 SHARE_CIPHERTEXT_SIZE = SHARE_PLAINTEXT_SIZE + 16
@@ -194,22 +195,24 @@ class KeyDirectory(Message):
 class ShareKeys(Message):
     TYPE = MessageType.SHARE_KEYS
     sender: int
+    self_mask_commitment: bytes  # SHA-256 commitment to the self-mask seed
     ciphertexts: tuple[tuple[int, bytes], ...]  # (recipient, ciphertext)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _id(self.sender, "sender")
+        _bytes(self.self_mask_commitment, COMMITMENT_SIZE, "self_mask_commitment")
         object.__setattr__(
             self, "ciphertexts", _pairs(self.ciphertexts, SHARE_CIPHERTEXT_SIZE, "ciphertexts")
         )
 
     def body(self) -> list[object]:
-        return [self.sender, [list(p) for p in self.ciphertexts]]
+        return [self.sender, self.self_mask_commitment, [list(p) for p in self.ciphertexts]]
 
     @classmethod
     def from_fields(cls, session_id: bytes, fields: list[Any]) -> ShareKeys:
-        sender, cts = fields
-        return cls(session_id, sender, cts)
+        sender, commitment, cts = fields
+        return cls(session_id, sender, commitment, cts)
 
 
 @dataclass(frozen=True)
@@ -386,7 +389,7 @@ class Abort(Message):
 _BODY_LENGTHS: dict[MessageType, tuple[type[Message], int]] = {
     MessageType.ADVERTISE_KEYS: (AdvertiseKeys, 4),
     MessageType.KEY_DIRECTORY: (KeyDirectory, 2),
-    MessageType.SHARE_KEYS: (ShareKeys, 2),
+    MessageType.SHARE_KEYS: (ShareKeys, 3),
     MessageType.SHARE_BUNDLE: (ShareBundle, 2),
     MessageType.MASKED_INPUT: (MaskedInput, 2),
     MessageType.CONSISTENCY_REQUEST: (ConsistencyRequest, 2),

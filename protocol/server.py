@@ -26,11 +26,12 @@ from protocol._keys import (
     advertise_payload,
     consistency_payload,
     pairwise_mask_key,
+    self_mask_commitment,
     self_mask_key,
 )
 from protocol._state import SERVER_ACCEPTS, SERVER_ADVANCE, TERMINAL, Round
 from protocol.config import Mode, SessionConfig
-from protocol.crypto import MaskExpander, X25519Secret, ed25519_verify
+from protocol.crypto import MaskExpander, X25519Secret, ed25519_verify, x25519_is_valid_public
 from protocol.encoding import WordArray, unpack_bits, word_dtype
 from protocol.errors import (
     AbortReason,
@@ -100,6 +101,7 @@ class ServerSession:
         self._acc: WordArray | None = None
         self._signatures: dict[int, bytes] = {}
         self._survivors_cbor = b""
+        self._commitments: dict[int, bytes] = {}
         self._self_shares: dict[int, dict[int, int]] = defaultdict(dict)  # owner -> holder -> share
         self._key_shares: dict[int, dict[int, int]] = defaultdict(dict)
         self._result: AggregateResult | None = None
@@ -161,6 +163,10 @@ class ServerSession:
                 AbortReason.WRONG_SENDER, f"client {sender} is not expected in {self.round.value}"
             )
         self._validate(sender, msg)
+        if isinstance(msg, MaskedInput):
+            # Already added into the running sum; keeping the vector would cost
+            # (survivors x vector size) of memory for nothing.
+            msg = MaskedInput(msg.session_id, sender, b"")
         self._received[sender] = msg
 
     def advance(self) -> dict[int, bytes]:
@@ -256,6 +262,12 @@ class ServerSession:
             raise RemoteProtocolError(
                 AbortReason.MALFORMED_MESSAGE, "signature in a semi-honest session"
             )
+        for key in (keys.cipher_public_key, keys.mask_public_key):
+            if not x25519_is_valid_public(key):
+                raise RemoteProtocolError(
+                    AbortReason.INVALID_PUBLIC_KEY,
+                    f"client {keys.sender} advertised a small-order X25519 key",
+                )
         if keys.cipher_public_key == keys.mask_public_key:
             raise RemoteProtocolError(AbortReason.DUPLICATE_KEYS, "the two public keys are equal")
         seen = {k for a in self._adverts.values() for k in (a.cipher_public_key, a.mask_public_key)}
@@ -320,6 +332,10 @@ class ServerSession:
                 for u in u2
             }
             self._adverts = {u: self._adverts[u] for u in u2}
+            self._commitments = {
+                u: self._received[u].self_mask_commitment  # type: ignore[attr-defined]
+                for u in u2
+            }
             return {
                 v: ShareBundle(
                     sid, v, tuple((u, cts[u][v]) for u in sorted(self._nbrs[v] & u2))
@@ -391,6 +407,12 @@ class ServerSession:
         survivors = sorted(self._u3)
         # Self masks of survivors: reconstruct b_u, remove PRG(b_u).
         seeds = self._reconstruct(survivors, self._self_shares, responders)
+        for u in survivors:
+            if self_mask_commitment(seeds[u], sid, u) != self._commitments[u]:
+                raise RemoteProtocolError(
+                    AbortReason.RECONSTRUCTION_FAILED,
+                    f"reconstructed self-mask seed of {u} does not match its commitment",
+                )
         minus = [self_mask_key(seeds[u], sid, u) for u in survivors]
         plus: list[bytes] = []
         # Pairwise masks between a dropped client d and its surviving neighbours v:

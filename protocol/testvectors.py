@@ -98,6 +98,7 @@ INVARIANT_REASONS: Final = frozenset(
     {
         AbortReason.OWN_KEYS_NOT_ECHOED,
         AbortReason.DUPLICATE_KEYS,
+        AbortReason.INVALID_PUBLIC_KEY,
         AbortReason.NOT_A_NEIGHBOUR,
         AbortReason.BAD_SIGNATURE,
         AbortReason.WRONG_SESSION,
@@ -611,6 +612,22 @@ def _duplicate_keys_server(r: _Recorder) -> None:
     r.offend_server(2, copy, AbortReason.DUPLICATE_KEYS)
 
 
+def _small_order_key_server(r: _Recorder) -> None:
+    r.start_all()
+    r.send(1)
+    keys: AdvertisedKeys = _decode(r.pending[2], AdvertiseKeys).keys
+    bad = AdvertiseKeys(r.sid, dataclasses.replace(keys, mask_public_key=bytes(32))).encode()
+    r.offend_server(2, bad, AbortReason.INVALID_PUBLIC_KEY)
+
+
+def _small_order_key_client(r: _Recorder) -> None:
+    out = r.run_to(_R1)
+    directory = _decode(out[1], KeyDirectory)
+    entries = list(directory.entries)
+    entries[2] = dataclasses.replace(entries[2], cipher_public_key=bytes(32))
+    r.offend_client(1, _tamper(out[1], entries=tuple(entries)), AbortReason.INVALID_PUBLIC_KEY)
+
+
 def _non_neighbour_keys(r: _Recorder) -> None:
     out = r.run_to(_R1)
     nbrs = r.config.neighbour_graph.neighbours(1)
@@ -812,7 +829,7 @@ def _wrong_sender(r: _Recorder) -> None:
     # Client 3 never advertised keys; a share message in its name is refused.
     out = r.run_to(_R1)
     r.deliver_and_send(out)
-    r.offend_server(3, ShareKeys(r.sid, 3, ()).encode(), AbortReason.WRONG_SENDER)
+    r.offend_server(3, ShareKeys(r.sid, 3, bytes(32), ()).encode(), AbortReason.WRONG_SENDER)
 
 
 def _malformed_to_server(r: _Recorder) -> None:
@@ -851,6 +868,18 @@ _NEGATIVE: Final = (
         "duplicate_public_keys",
         "The key directory sent to client 1 gives client 4 client 3's mask public key.",
         _duplicate_keys,
+    ),
+    _Bad(
+        "small_order_key_server",
+        "Client 2's round-0 message advertises the all-zero (small-order) X25519 point as "
+        "its mask key: the server refuses it.",
+        _small_order_key_server,
+    ),
+    _Bad(
+        "small_order_key",
+        "The key directory sent to client 1 replaces client 3's cipher key with the "
+        "all-zero (small-order) X25519 point.",
+        _small_order_key_client,
     ),
     _Bad(
         "duplicate_public_keys_server",

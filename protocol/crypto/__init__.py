@@ -21,6 +21,7 @@ from __future__ import annotations
 from protocol.crypto._primitives import (
     AEAD_OVERHEAD,
     CIPHERSUITE,
+    DETERMINISTIC_RANDOM_LABEL,
     PRG_KEY_SIZE,
     PROTOCOL_LABEL,
     DeterministicRandom,
@@ -38,12 +39,14 @@ from protocol.crypto._primitives import (
     sha256,
     x25519_agree,
     x25519_generate,
+    x25519_is_valid_public,
     x25519_public_key,
 )
 
 __all__ = [
     "AEAD_OVERHEAD",
     "CIPHERSUITE",
+    "DETERMINISTIC_RANDOM_LABEL",
     "PRG_KEY_SIZE",
     "PROTOCOL_LABEL",
     "DeterministicRandom",
@@ -61,5 +64,6 @@ __all__ = [
     "sha256",
     "x25519_agree",
     "x25519_generate",
+    "x25519_is_valid_public",
     "x25519_public_key",
 ]

@@ -30,6 +30,7 @@ from protocol.errors import CryptoError
 CIPHERSUITE = "SECAGG-V1-X25519-HKDF256-CHACHAPOLY-AES128CTR-ED25519"
 PROTOCOL_LABEL = b"secagg-v1"
 PRG_KEY_SIZE = 16
+DETERMINISTIC_RANDOM_LABEL = b"deterministic-random"
 AEAD_OVERHEAD = 16
 _ZERO_NONCE = bytes(12)
 _ZERO_COUNTER = bytes(16)
@@ -67,7 +68,7 @@ class DeterministicRandom:
     """
 
     def __init__(self, seed: bytes) -> None:
-        key = _hkdf(seed, b"secagg-v1\x00deterministic-random", PRG_KEY_SIZE)
+        key = _hkdf(seed, PROTOCOL_LABEL + b"\x00" + DETERMINISTIC_RANDOM_LABEL, PRG_KEY_SIZE)
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_COUNTER)).encryptor()
 
     def random_bytes(self, n: int) -> bytes:
@@ -141,6 +142,27 @@ class X25519Secret:
         except NaclCryptoError as exc:  # all-zero shared secret: a small-order point
             raise CryptoError("X25519 agreement failed: small-order public key") from exc
         return shared
+
+
+# Any clamped scalar maps a small-order point to the all-zero output.
+_PROBE_SCALAR = bytes(range(1, 33))
+
+
+def x25519_is_valid_public(public: bytes) -> bool:
+    """False for keys no honest party can produce: wrong length or small order.
+
+    A small-order point yields the all-zero shared secret with every clamped
+    scalar, so one agreement with a fixed scalar detects it (libsodium
+    refuses the all-zero output). Refusing such keys on arrival stops one
+    client from making every one of its neighbours abort later.
+    """
+    if not isinstance(public, bytes) or len(public) != _KEY_SIZE:
+        return False
+    try:
+        crypto_scalarmult(_PROBE_SCALAR, public)
+    except NaclCryptoError:
+        return False
+    return True
 
 
 def x25519_generate(rng: RandomSource) -> X25519Secret:

@@ -111,3 +111,21 @@ def test_neighbour_graph_is_derived_from_public_data_only() -> None:
     assert any(
         a.neighbour_graph.neighbours(u) != c.neighbour_graph.neighbours(u) for u in a.participants
     )
+
+
+def test_odd_degree_with_odd_participants_is_refused_up_front() -> None:
+    with pytest.raises(ConfigError, match="odd degree 3 needs an even number"):
+        _config(graph=GraphKind.HARARY, degree=3, threshold=2)
+
+
+@pytest.mark.parametrize("field", ["threshold", "vector_length", "bit_width", "degree"])
+def test_integer_fields_must_be_integers(field: str) -> None:
+    value: object = True if field != "vector_length" else 10.0
+    with pytest.raises(ConfigError, match=f"{field} must be an integer"):
+        _config(**{field: value})
+
+
+def test_masked_vector_must_fit_in_one_message() -> None:
+    with pytest.raises(ConfigError, match="the limit is"):
+        _config(vector_length=2**28, bit_width=64)
+    _config(vector_length=2**27, bit_width=32)  # 512 MiB: allowed

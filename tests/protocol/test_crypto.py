@@ -140,3 +140,19 @@ def test_deterministic_random_is_reproducible_and_seed_dependent() -> None:
     assert DeterministicRandom(b"other").random_bytes(17) != DeterministicRandom(
         b"seed"
     ).random_bytes(17)
+
+
+def test_small_order_public_keys_are_detected() -> None:
+    from protocol.crypto import x25519_is_valid_public
+
+    # Small-order points of Curve25519 (RFC 7748 section 6.1 and libsodium's list).
+    small_order = [
+        bytes(32),
+        (1).to_bytes(32, "little"),
+        bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+        bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    ]
+    for key in small_order:
+        assert not x25519_is_valid_public(key)
+    assert not x25519_is_valid_public(b"\x09" * 31)
+    assert x25519_is_valid_public(X25519Secret(bytes(range(32))).public)

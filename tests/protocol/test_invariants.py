@@ -191,7 +191,7 @@ def test_server_refuses_clients_that_dropped_earlier() -> None:
     assert 3 not in out
     h.deliver(out)
     # Client 3 never got a directory; a share message claiming to be from it is refused.
-    forged = ShareKeys(h.config.session_id, 3, ())
+    forged = ShareKeys(h.config.session_id, 3, bytes(32), ())
     with pytest.raises(RemoteProtocolError) as info:
         h.server.receive(forged.encode())
     assert info.value.reason is AbortReason.WRONG_SENDER
@@ -424,3 +424,46 @@ def test_completed_client_stays_completed_after_an_abort() -> None:
     assert h.clients[1].receive(Abort(h.config.session_id, AbortReason.CANCELLED).encode()) is None
     assert h.clients[1].round is Round.COMPLETED
     assert h.clients[1].abort_reason is None
+
+
+def test_server_refuses_small_order_public_keys() -> None:
+    h = _h()
+    msg = decode_message(h.replies[2])
+    assert isinstance(msg, AdvertiseKeys)
+    # The all-zero point (order 4 in X25519's encoding) would make every
+    # neighbour's key agreement fail later; it is refused on arrival.
+    bad = AdvertiseKeys(msg.session_id, dataclasses.replace(msg.keys, mask_public_key=bytes(32)))
+    with pytest.raises(RemoteProtocolError) as info:
+        h.server.receive(bad.encode())
+    assert info.value.reason is AbortReason.INVALID_PUBLIC_KEY
+    h.server.receive(h.replies[2])
+
+
+def test_client_refuses_a_small_order_key_in_the_directory() -> None:
+    h = _h()
+    out = h.run_to(Round.R1_SHARE_KEYS)
+    d = decode_message(out[1])
+    assert isinstance(d, KeyDirectory)
+    entries = list(d.entries)
+    entries[2] = dataclasses.replace(entries[2], cipher_public_key=bytes(32))
+    _expect_abort(h, 1, tamper(out[1], entries=tuple(entries)), AbortReason.INVALID_PUBLIC_KEY)
+
+
+def test_a_wrong_self_mask_share_aborts_instead_of_corrupting_the_sum() -> None:
+    h, out = _unmask_stage()
+    h.deliver(out)
+    # Every responder lies about its share of client 2's self-mask seed: the
+    # reconstructed seed misses its round-1 commitment.
+    for u, data in list(h.replies.items()):
+        resp = decode_message(data)
+        assert isinstance(resp, UnmaskResponse)
+        bad = tuple(
+            (v, (int.from_bytes(s, "little") ^ 1).to_bytes(33, "little") if v == 2 else s)
+            for v, s in resp.self_mask_shares
+        )
+        h.replies[u] = tamper(data, self_mask_shares=bad)
+    h.to_server()
+    h.server.advance()
+    assert h.server.round is Round.ABORTED
+    assert h.server.abort_reason is AbortReason.RECONSTRUCTION_FAILED
+    assert "self-mask seed of 2" in h.server.abort_detail

@@ -29,6 +29,7 @@ FILES = sorted(VECTOR_DIR.glob("*.json"))
 REQUIRED_REASONS = {
     AbortReason.OWN_KEYS_NOT_ECHOED,
     AbortReason.DUPLICATE_KEYS,
+    AbortReason.INVALID_PUBLIC_KEY,
     AbortReason.NOT_A_NEIGHBOUR,
     AbortReason.BAD_SIGNATURE,
     AbortReason.WRONG_SESSION,

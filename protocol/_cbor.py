@@ -55,7 +55,22 @@ def _head(major: int, value: int) -> bytes:
     raise ValueError("integer outside the CBOR 64-bit range")
 
 
-def _encode(value: CborValue, out: list[bytes]) -> None:
+def array_head(length: int) -> bytes:
+    """The head of an array of ``length`` items (its items' encodings follow)."""
+    return _head(_ARRAY, length)
+
+
+def bytes_head(length: int) -> bytes:
+    """The head of a byte string of ``length`` bytes."""
+    return _head(_BYTES, length)
+
+
+def uint(value: int) -> bytes:
+    """The encoding of a non-negative integer."""
+    return _head(_UINT, value)
+
+
+def _encode(value: CborValue, out: list[bytes | bytearray | memoryview]) -> None:
     if isinstance(value, bool) or value is None:
         raise TypeError(f"{value!r} is not in the protocol's CBOR subset")
     if isinstance(value, int):
@@ -65,7 +80,7 @@ def _encode(value: CborValue, out: list[bytes]) -> None:
             out.append(_head(_NINT, -1 - value))
     elif isinstance(value, bytes | bytearray | memoryview):
         out.append(_head(_BYTES, len(value)))
-        out.append(value if isinstance(value, bytes) else bytes(value))
+        out.append(value)  # bytes.join copies any buffer exactly once
     elif isinstance(value, str):
         data = value.encode("utf-8")
         out.append(_head(_TEXT, len(data)))
@@ -107,17 +122,23 @@ def loads(data: bytes) -> CborValue:
 
 def dumps_subset(value: CborValue) -> bytes:
     """Deterministic encoding of ``value`` (ints, bytes, str, lists/tuples), pure Python."""
-    out: list[bytes] = []
+    out: list[bytes | bytearray | memoryview] = []
     _encode(value, out)
     return b"".join(out)
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+# Byte strings at least this long are returned as read-only views of the input
+# by ``loads_subset(..., views=True)``: a masked vector is then never copied.
+VIEW_THRESHOLD = 4096
 
-    def __init__(self, data: bytes) -> None:
+
+class _Reader:
+    __slots__ = ("data", "pos", "views")
+
+    def __init__(self, data: bytes, views: bool = False) -> None:
         self.data = data
         self.pos = 0
+        self.views = views
 
     def head(self) -> tuple[int, int]:
         data, pos = self.data, self.pos
@@ -152,6 +173,16 @@ class _Reader:
         self.pos = end
         return chunk
 
+    def take_bytes(self, n: int) -> bytes | memoryview:
+        if self.views and n >= VIEW_THRESHOLD:
+            end = self.pos + n
+            if end > len(self.data):
+                raise DecodeError("truncated CBOR string")
+            view = memoryview(self.data)[self.pos : end]
+            self.pos = end
+            return view
+        return self.take(n)
+
     def item(self, depth: int) -> CborValue:
         if depth > MAX_DEPTH:
             raise DecodeError("CBOR nesting deeper than the protocol uses")
@@ -161,7 +192,7 @@ class _Reader:
         if major == _NINT:
             return -1 - value
         if major == _BYTES:
-            return self.take(value)
+            return self.take_bytes(value)
         if major == _TEXT:
             try:
                 return self.take(value).decode("utf-8")
@@ -177,14 +208,18 @@ class _Reader:
         raise DecodeError(f"CBOR {names[major]} are not allowed in protocol messages")
 
 
-def loads_subset(data: bytes) -> CborValue:
-    """Decode exactly one canonical item of the subset; anything else raises DecodeError."""
+def loads_subset(data: bytes, *, views: bool = False) -> CborValue:
+    """Decode exactly one canonical item of the subset; anything else raises DecodeError.
+
+    With ``views``, byte strings of ``VIEW_THRESHOLD`` bytes or more come back
+    as read-only ``memoryview`` slices of ``data`` instead of copies.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > MAX_MESSAGE_SIZE:
         raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    reader = _Reader(data)
+    reader = _Reader(data, views)
     value = reader.item(0)
     if reader.pos != len(data):
         raise DecodeError(f"{len(data) - reader.pos} trailing bytes after the CBOR item")

@@ -258,7 +258,7 @@ def pack_bits(values: WordArray, bit_width: int) -> bytes:
     return stream[: _packed_size(count, b)]
 
 
-def unpack_bits(data: bytes, bit_width: int, count: int) -> WordArray:
+def unpack_bits(data: bytes | memoryview, bit_width: int, count: int) -> WordArray:
     """Inverse of :func:`pack_bits`; accepts only the canonical encoding.
 
     Args:

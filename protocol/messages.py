@@ -24,6 +24,7 @@ Round by round (C = client to server, S = server to client):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
@@ -241,12 +242,18 @@ class ShareBundle(Message):
 class MaskedInput(Message):
     TYPE = MessageType.MASKED_INPUT
     sender: int
-    masked: bytes  # bit-packed, b bits per element; length checked against the config
+    # Bit-packed, b bits per element; the length is checked against the config.
+    # A decoded message holds a read-only view of the received bytes (no copy).
+    masked: bytes | memoryview
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _id(self.sender, "sender")
-        _bytes(self.masked, None, "masked")
+        if isinstance(self.masked, memoryview):
+            if self.masked.format != "B" or not self.masked.c_contiguous:
+                raise DecodeError("masked must be a contiguous byte buffer")
+        else:
+            _bytes(self.masked, None, "masked")
 
     def body(self) -> list[object]:
         return [self.sender, self.masked]
@@ -386,6 +393,106 @@ class Abort(Message):
             raise DecodeError(f"unknown abort reason {reason!r}") from exc
 
 
+# -- server broadcasts --------------------------------------------------------
+#
+# The server sends one message per client per round, and most of each message
+# is shared (a survivor list, relayed keys, ciphertexts). These encoders
+# splice pre-encoded parts and produce exactly the bytes that constructing
+# each message and calling ``encode()`` would (deterministic CBOR arrays are
+# the concatenation of their items); tests check the equality. They save the
+# server O(n^2) validation and encoding work on survivor lists.
+
+
+def _prefix(msg_type: MessageType, session_id: bytes, body_fields: int) -> bytes:
+    return (
+        _cbor.array_head(2 + body_fields)
+        + _cbor.uint(int(msg_type))
+        + _cbor.bytes_head(len(session_id))
+        + session_id
+    )
+
+
+def _pair(ident: int, value: bytes) -> bytes:
+    return _cbor.array_head(2) + _cbor.uint(ident) + _cbor.bytes_head(len(value)) + value
+
+
+def encode_key_directories(
+    session_id: bytes,
+    adverts: Mapping[int, AdvertisedKeys],
+    members: Mapping[int, Sequence[int]],
+) -> dict[int, bytes]:
+    """``KeyDirectory`` per recipient: ``members[u]`` lists the senders, ascending."""
+    _bytes(session_id, SESSION_ID_SIZE, "session_id")
+    encoded = {v: _cbor.dumps(a.to_list()) for v, a in adverts.items()}
+    prefix = _prefix(MessageType.KEY_DIRECTORY, session_id, 2)
+    out: dict[int, bytes] = {}
+    for u, senders in members.items():
+        _check_increasing(senders, "key directory entries")
+        out[u] = b"".join(
+            [prefix, _cbor.uint(_id(u, "recipient")), _cbor.array_head(len(senders))]
+            + [encoded[v] for v in senders]
+        )
+    return out
+
+
+def encode_share_bundles(
+    session_id: bytes,
+    ciphertexts: Mapping[int, Mapping[int, bytes]],
+    members: Mapping[int, Sequence[int]],
+) -> dict[int, bytes]:
+    """``ShareBundle`` per recipient v: ``ciphertexts[u][v]`` for u in ``members[v]``."""
+    _bytes(session_id, SESSION_ID_SIZE, "session_id")
+    prefix = _prefix(MessageType.SHARE_BUNDLE, session_id, 2)
+    out: dict[int, bytes] = {}
+    for v, senders in members.items():
+        _check_increasing(senders, "share bundle senders")
+        out[v] = b"".join(
+            [prefix, _cbor.uint(_id(v, "recipient")), _cbor.array_head(len(senders))]
+            + [
+                _pair(u, _bytes(ciphertexts[u][v], SHARE_CIPHERTEXT_SIZE, "ciphertext"))
+                for u in senders
+            ]
+        )
+    return out
+
+
+def encode_consistency_requests(
+    session_id: bytes, recipients: Iterable[int], survivors: Sequence[int]
+) -> dict[int, bytes]:
+    """``ConsistencyRequest`` per recipient, all with the same survivor set."""
+    tail = _cbor.dumps(list(_ids(survivors, "survivors")))
+    prefix = _prefix(MessageType.CONSISTENCY_REQUEST, session_id, 2)
+    return {u: prefix + _cbor.uint(_id(u, "recipient")) + tail for u in recipients}
+
+
+def encode_unmask_requests(
+    session_id: bytes,
+    recipients: Iterable[int],
+    survivors: Sequence[int],
+    dropped: Sequence[int],
+    signatures: Mapping[int, Sequence[tuple[int, bytes]]] | None = None,
+) -> dict[int, bytes]:
+    """``UnmaskRequest`` per recipient u, with ``signatures[u]`` (active mode) or none."""
+    _bytes(session_id, SESSION_ID_SIZE, "session_id")
+    middle = _cbor.dumps(list(_ids(survivors, "survivors"))) + _cbor.dumps(
+        list(_ids(dropped, "dropped"))
+    )
+    prefix = _prefix(MessageType.UNMASK_REQUEST, session_id, 4)
+    out: dict[int, bytes] = {}
+    for u in recipients:
+        sigs = _pairs(signatures[u] if signatures else (), SIGNATURE_SIZE, "signatures")
+        out[u] = b"".join(
+            [prefix, _cbor.uint(_id(u, "recipient")), middle, _cbor.array_head(len(sigs))]
+            + [_pair(v, sig) for v, sig in sigs]
+        )
+    return out
+
+
+def _check_increasing(ids: Sequence[int], name: str) -> None:
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        raise DecodeError(f"{name} must be strictly increasing")
+
+
 _BODY_LENGTHS: dict[MessageType, tuple[type[Message], int]] = {
     MessageType.ADVERTISE_KEYS: (AdvertiseKeys, 4),
     MessageType.KEY_DIRECTORY: (KeyDirectory, 2),
@@ -409,7 +516,7 @@ _MASKED_INPUT_PREFIX = bytes((0x84, int(MessageType.MASKED_INPUT)))
 def decode_message(data: bytes) -> Message:
     """Decode canonical bytes into a message; :class:`DecodeError` for anything else."""
     if isinstance(data, bytes) and data[:2] == _MASKED_INPUT_PREFIX:
-        value = _cbor.loads_subset(data)  # one large byte string: the lean codec
+        value = _cbor.loads_subset(data, views=True)  # one large byte string: no copy
     else:
         value = _cbor.loads(data)
     if not isinstance(value, list) or len(value) < 2:

@@ -43,16 +43,16 @@ from protocol.messages import (
     Abort,
     AdvertisedKeys,
     AdvertiseKeys,
-    ConsistencyRequest,
     ConsistencySignature,
-    KeyDirectory,
     MaskedInput,
     Message,
-    ShareBundle,
     ShareKeys,
-    UnmaskRequest,
     UnmaskResponse,
     decode_message,
+    encode_consistency_requests,
+    encode_key_directories,
+    encode_share_bundles,
+    encode_unmask_requests,
 )
 from protocol.shamir import decode_share, reconstruct_secrets
 
@@ -93,6 +93,7 @@ class ServerSession:
         self._stage_counts: dict[Round, int] = {}
         # Session data.
         self._adverts: dict[int, AdvertisedKeys] = {}
+        self._seen_keys: set[bytes] = set()
         self._u1: frozenset[int] = frozenset()
         self._u2: frozenset[int] = frozenset()
         self._u3: frozenset[int] = frozenset()
@@ -270,12 +271,12 @@ class ServerSession:
                 )
         if keys.cipher_public_key == keys.mask_public_key:
             raise RemoteProtocolError(AbortReason.DUPLICATE_KEYS, "the two public keys are equal")
-        seen = {k for a in self._adverts.values() for k in (a.cipher_public_key, a.mask_public_key)}
-        if keys.cipher_public_key in seen or keys.mask_public_key in seen:
+        if keys.cipher_public_key in self._seen_keys or keys.mask_public_key in self._seen_keys:
             raise RemoteProtocolError(
                 AbortReason.DUPLICATE_KEYS, f"client {keys.sender} reuses another client's key"
             )
         self._adverts[keys.sender] = keys
+        self._seen_keys.update((keys.cipher_public_key, keys.mask_public_key))
 
     # -- advancing ----------------------------------------------------------------
 
@@ -312,14 +313,11 @@ class ServerSession:
             if not commit:
                 return {}
             self._u1 = u1
-            return {
-                u: KeyDirectory(
-                    sid,
-                    u,
-                    tuple(self._adverts[v] for v in sorted((self._nbrs[u] | {u}) & u1)),
-                ).encode()
-                for u in sorted(u1)
-            }
+            return encode_key_directories(
+                sid,
+                {v: self._adverts[v] for v in u1},
+                {u: sorted((self._nbrs[u] | {u}) & u1) for u in sorted(u1)},
+            )
         if self.round is Round.R1_SHARE_KEYS:
             u2 = self._prune(senders)
             if not u2:
@@ -336,12 +334,9 @@ class ServerSession:
                 u: self._received[u].self_mask_commitment  # type: ignore[attr-defined]
                 for u in u2
             }
-            return {
-                v: ShareBundle(
-                    sid, v, tuple((u, cts[u][v]) for u in sorted(self._nbrs[v] & u2))
-                ).encode()
-                for v in sorted(u2)
-            }
+            return encode_share_bundles(
+                sid, cts, {v: sorted(self._nbrs[v] & u2) for v in sorted(u2)}
+            )
         if self.round is Round.R2_MASKED_INPUT_COLLECTION:
             u3 = senders
             dropped = self._u2 - u3
@@ -352,11 +347,8 @@ class ServerSession:
             survivors = tuple(sorted(u3))
             self._survivors_cbor = _cbor.dumps(list(survivors))
             if self.config.mode is Mode.ACTIVE:
-                return {u: ConsistencyRequest(sid, u, survivors).encode() for u in survivors}
-            return {
-                u: UnmaskRequest(sid, u, survivors, tuple(sorted(dropped))).encode()
-                for u in survivors
-            }
+                return encode_consistency_requests(sid, survivors, survivors)
+            return encode_unmask_requests(sid, survivors, survivors, sorted(dropped))
         if self.round is Round.R3_CONSISTENCY_CHECK:
             u4 = senders
             self._check_recoverable(self._u3, self._dropped, u4, "signed the survivor set")
@@ -364,16 +356,11 @@ class ServerSession:
                 return {}
             survivors = tuple(sorted(self._u3))
             dropped_ids = tuple(sorted(self._dropped))
-            return {
-                u: UnmaskRequest(
-                    sid,
-                    u,
-                    survivors,
-                    dropped_ids,
-                    tuple((v, self._signatures[v]) for v in sorted((self._nbrs[u] | {u}) & u4)),
-                ).encode()
+            signatures = {
+                u: [(v, self._signatures[v]) for v in sorted((self._nbrs[u] | {u}) & u4)]
                 for u in sorted(u4)
             }
+            return encode_unmask_requests(sid, sorted(u4), survivors, dropped_ids, signatures)
         if self.round is Round.R4_UNMASKING:
             self._check_recoverable(self._u3, self._dropped, senders, "answered the unmasking")
             if not commit:

@@ -257,3 +257,48 @@ def test_fuzz_structured_cbor_items(value: object) -> None:
         except DecodeError:
             continue
         assert dataclasses.is_dataclass(msg)
+
+
+def test_broadcast_encoders_equal_per_message_encoding() -> None:
+    from protocol.messages import (
+        SHARE_CIPHERTEXT_SIZE,
+        ConsistencyRequest,
+        ShareBundle,
+        encode_consistency_requests,
+        encode_key_directories,
+        encode_share_bundles,
+        encode_unmask_requests,
+    )
+
+    adverts = {
+        v: AdvertisedKeys(
+            v, bytes([v]) * 32, bytes([v + 100]) * 32, bytes([v]) * 64 if v % 2 else b""
+        )
+        for v in (1, 2, 5, 9)
+    }
+    members = {1: [1, 2, 9], 2: [1, 2], 5: [5], 9: [1, 5, 9]}
+    got = encode_key_directories(SID, adverts, members)
+    for u, senders in members.items():
+        assert got[u] == KeyDirectory(SID, u, tuple(adverts[v] for v in senders)).encode()
+
+    cts = {
+        u: {v: bytes([u, v]) * (SHARE_CIPHERTEXT_SIZE // 2) for v in (1, 2, 5, 9)}
+        for u in (1, 2, 5, 9)
+    }
+    bundles = encode_share_bundles(SID, cts, {1: [2, 5], 2: [], 9: [1, 2, 5]})
+    assert bundles[1] == ShareBundle(SID, 1, ((2, cts[2][1]), (5, cts[5][1]))).encode()
+    assert bundles[2] == ShareBundle(SID, 2, ()).encode()
+    assert bundles[9] == ShareBundle(SID, 9, tuple((u, cts[u][9]) for u in (1, 2, 5))).encode()
+
+    survivors, dropped = [1, 2, 9, 300, 70000], [5, 2**32 - 1]
+    for u, data in encode_consistency_requests(SID, survivors, survivors).items():
+        assert data == ConsistencyRequest(SID, u, tuple(survivors)).encode()
+    sigs = {1: [(1, b"\x01" * 64), (9, b"\x09" * 64)], 9: []}
+    for u, data in encode_unmask_requests(SID, [1, 9], survivors, dropped, sigs).items():
+        assert (
+            data == UnmaskRequest(SID, u, tuple(survivors), tuple(dropped), tuple(sigs[u])).encode()
+        )
+    plain = encode_unmask_requests(SID, [2], survivors, dropped)
+    assert plain[2] == UnmaskRequest(SID, 2, tuple(survivors), tuple(dropped)).encode()
+    with pytest.raises(DecodeError):
+        encode_unmask_requests(SID, [2], [3, 1], dropped)

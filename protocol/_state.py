@@ -12,7 +12,9 @@ Rules this file keeps (after h11's ``_state.py``):
    client has sent its keys) are data on the session, not more states.
 4. ``COMPLETED`` and ``ABORTED`` are terminal: nothing leaves them.
 5. An ``Abort`` from the server moves a client from any non-terminal state
-   to ``ABORTED`` (:func:`client_after_abort`); terminal states ignore it.
+   to ``ABORTED`` (:func:`client_after_abort`); a ``COMPLETED`` client
+   ignores it. An ``ABORTED`` client refuses every message, ``Abort``
+   included, and stays ``ABORTED``.
 """
 
 from __future__ import annotations

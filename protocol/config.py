@@ -74,8 +74,11 @@ class SessionConfig:
     def __post_init__(self) -> None:
         parts = tuple(self.participants)
         object.__setattr__(self, "participants", parts)
-        object.__setattr__(self, "mode", Mode(self.mode))
-        object.__setattr__(self, "graph", GraphKind(self.graph))
+        try:
+            object.__setattr__(self, "mode", Mode(self.mode))
+            object.__setattr__(self, "graph", GraphKind(self.graph))
+        except ValueError as exc:
+            raise ConfigError(f"unknown mode or graph: {exc}") from exc
         n = len(parts)
         if n < 2:
             raise ConfigError(f"a session needs at least 2 participants, got {n}")

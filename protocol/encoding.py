@@ -586,3 +586,122 @@ class FixedPointEncoding:
         mean = body.astype(np.float64)
         np.divide(mean, float(self.scale) * weight, out=mean)
         return mean, weight
+
+
+# --------------------------------------------------------------------------
+# A training round's vector: weighted update, weight, evaluation sums.
+# --------------------------------------------------------------------------
+
+METRIC_SLOTS = 3  # correct predictions, evaluated examples, quantised loss sum
+
+
+@dataclass(frozen=True)
+class EvalSums:
+    """Sums over one client's (or, aggregated, all survivors') evaluation examples."""
+
+    correct: int
+    count: int
+    loss_sum: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.count if self.count else float("nan")
+
+
+@dataclass(frozen=True)
+class RoundEncoding:
+    """The vector one client contributes to a training round, and its decoding.
+
+    Layout (length ``d + 4``): ``weight * q(update)`` (d elements, see
+    :class:`FixedPointEncoding`), ``weight``, then the client's evaluation
+    sums of the round's *incoming* global model: correct predictions,
+    examples evaluated, and ``round(loss_sum * loss_scale)``. The server thus
+    learns the weighted mean update and the global model's metrics over all
+    survivors, and no single client's update, weight or metric.
+
+    Attributes:
+        update: quantisation of the model update (clip, scale, max weight).
+        max_eval_examples: largest number of evaluation examples per client.
+        max_example_loss: per-example losses are clipped to ``[0, max_example_loss]``.
+        loss_scale: fixed-point scale of the loss sum.
+    """
+
+    update: FixedPointEncoding
+    max_eval_examples: int = 1 << 20
+    max_example_loss: float = 100.0
+    loss_scale: float = 1024.0
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_eval_examples) or self.max_eval_examples < 0:
+            raise ConfigError("max_eval_examples must be an int >= 0")
+        for name in ("max_example_loss", "loss_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, float | int) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def vector_length(self, num_weights: int) -> int:
+        return num_weights + 1 + METRIC_SLOTS
+
+    def _max_loss_q(self) -> int:
+        return math.ceil(self.max_eval_examples * self.max_example_loss * self.loss_scale)
+
+    def required_bit_width(self, num_clients: int) -> int:
+        """Smallest modulus exponent under which the sum of ``num_clients`` vectors cannot wrap."""
+        widest = max(self.update.max_abs_element(), self.max_eval_examples, self._max_loss_q())
+        b = (num_clients * widest).bit_length() + 1
+        if b > MAX_BIT_WIDTH:
+            raise ConfigError(
+                f"{num_clients} clients need a {b}-bit modulus (limit {MAX_BIT_WIDTH}); lower "
+                "max_weight, scale, clip, max_eval_examples or loss_scale"
+            )
+        return max(b, self.update.required_bit_width(num_clients))
+
+    def context(self) -> bytes:
+        """Every encoding parameter, to bind into the session's ``context``."""
+        return self.update.context() + struct.pack(
+            ">Qdd", self.max_eval_examples, self.max_example_loss, self.loss_scale
+        )
+
+    def encode(
+        self,
+        update: npt.NDArray[np.floating],
+        weight: int,
+        metrics: EvalSums,
+        rng: RandomSource,
+    ) -> npt.NDArray[np.int64]:
+        """The client's integer vector; see the class docstring for the layout.
+
+        Raises:
+            ConfigError: a bad update or weight (see :meth:`FixedPointEncoding.encode`),
+                or metrics outside ``0 <= correct <= count <= max_eval_examples``.
+        """
+        if not (_is_int(metrics.correct) and _is_int(metrics.count)):
+            raise ConfigError("metric counts must be integers")
+        if not 0 <= metrics.correct <= metrics.count <= self.max_eval_examples:
+            raise ConfigError(
+                f"need 0 <= correct ({metrics.correct}) <= count ({metrics.count}) "
+                f"<= max_eval_examples ({self.max_eval_examples})"
+            )
+        if not math.isfinite(metrics.loss_sum) or metrics.loss_sum < 0:
+            raise ConfigError(f"loss_sum must be finite and >= 0, got {metrics.loss_sum}")
+        loss = min(metrics.loss_sum, metrics.count * self.max_example_loss)
+        head = self.update.encode(update, weight, rng)
+        tail = np.array(
+            [metrics.correct, metrics.count, round(loss * self.loss_scale)], dtype=np.int64
+        )
+        return np.concatenate([head, tail])
+
+    def decode(self, total: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], int, EvalSums]:
+        """``(mean update, total weight, evaluation sums)`` from the aggregate."""
+        array = _check_vector(total, "total")
+        if array.shape[0] < 1 + METRIC_SLOTS:
+            raise ConfigError("total is shorter than the weight and metric slots")
+        correct, count, loss_q = (int(v) for v in array[-METRIC_SLOTS:])
+        if not 0 <= correct <= count:
+            raise ConfigError(f"aggregated metrics are inconsistent: {correct} of {count}")
+        mean, weight = self.update.decode(array[:-METRIC_SLOTS])
+        return mean, weight, EvalSums(correct, count, loss_q / self.loss_scale)

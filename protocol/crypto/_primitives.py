@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,6 +34,7 @@ PRG_KEY_SIZE = 16
 DETERMINISTIC_RANDOM_LABEL = b"deterministic-random"
 AEAD_OVERHEAD = 16
 _ZERO_NONCE = bytes(12)
+_BIG_ENDIAN = sys.byteorder == "big"
 _ZERO_COUNTER = bytes(16)
 _KEY_SIZE = 32
 
@@ -263,7 +265,7 @@ def prg_fill(key: bytes, out: UIntArray, *, start: int = 0) -> None:
     # update_into writes the keystream (0 XOR keystream) into the same buffer;
     # reusing the caller's buffer avoids page faults on fresh allocations.
     encryptor.update_into(view, view)
-    if out.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
+    if _BIG_ENDIAN:  # pragma: no cover - big-endian hosts
         out.byteswap(inplace=True)
 
 
@@ -307,9 +309,13 @@ class MaskExpander:
             zeros = self._zeros[: view.shape[0]]
             for encryptor in plus:
                 encryptor.update_into(zeros, view)
+                if _BIG_ENDIAN:  # pragma: no cover - keystream words are little-endian
+                    scratch.byteswap(inplace=True)
                 np.add(block, scratch, out=block)
             for encryptor in minus:
                 encryptor.update_into(zeros, view)
+                if _BIG_ENDIAN:  # pragma: no cover
+                    scratch.byteswap(inplace=True)
                 np.subtract(block, scratch, out=block)
 
     def add(self, key: bytes, acc: UIntArray) -> None:

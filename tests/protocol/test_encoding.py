@@ -673,3 +673,36 @@ def test_context_binds_every_encoding_parameter() -> None:
     assert base.context() == FixedPointEncoding(1.0, 2.0**16, 1000).context()
     assert len({base.context(), *(o.context() for o in others)}) == 4
     assert base.context().startswith(b"fixed-point\x00")
+
+
+def test_round_encoding_carries_update_weight_and_metrics_through_the_sum() -> None:
+    from protocol.encoding import EvalSums, RoundEncoding
+
+    enc = RoundEncoding(FixedPointEncoding(clip=1.0, scale=2.0**10, max_weight=50),
+                        max_eval_examples=1000)
+    rng = DeterministicRandom(b"round")
+    rows = [
+        (np.full(5, 0.5), 10, EvalSums(7, 9, 2.5)),
+        (np.full(5, -0.25), 30, EvalSums(1, 4, 8.0)),
+    ]
+    vectors = [enc.encode(x, w, m, rng) for x, w, m in rows]
+    assert all(v.shape == (enc.vector_length(5),) for v in vectors)
+    mean, weight, metrics = enc.decode(sum(vectors))
+    assert weight == 40
+    assert np.allclose(mean, (10 * 0.5 + 30 * -0.25) / 40)
+    assert metrics == EvalSums(8, 13, 10.5)
+    assert metrics.accuracy == 8 / 13
+    b = enc.required_bit_width(2)
+    assert b >= FixedPointEncoding(1.0, 2.0**10, 50).required_bit_width(2)
+    assert (2 * 1000 * 100 * 1024).bit_length() + 1 <= b
+
+
+def test_round_encoding_refuses_impossible_metrics() -> None:
+    from protocol.encoding import EvalSums, RoundEncoding
+
+    enc = RoundEncoding(FixedPointEncoding(clip=1.0, scale=2.0**10, max_weight=50),
+                        max_eval_examples=10)
+    rng = DeterministicRandom(b"m")
+    for bad in (EvalSums(5, 4, 0.0), EvalSums(1, 11, 0.0), EvalSums(1, 2, float("nan"))):
+        with pytest.raises(ConfigError):
+            enc.encode(np.zeros(3), 1, bad, rng)

@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := dev
+EXTRAS := dev,server,torch,demo
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 PYTEST_ARGS ?=
 
@@ -41,7 +41,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks
-	$(BIN)/mypy --strict protocol
+	$(BIN)/mypy --strict protocol secagg client_sdk
 	$(BIN)/lint-imports
 
 vectors: $(STAMP)

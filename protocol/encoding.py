@@ -631,9 +631,11 @@ class RoundEncoding:
     """
 
     update: FixedPointEncoding
-    max_eval_examples: int = 1 << 20
-    max_example_loss: float = 100.0
-    loss_scale: float = 1024.0
+    # Defaults keep the metric slots within 2^26 per client, so they rarely
+    # widen the modulus beyond what the update itself needs.
+    max_eval_examples: int = 1 << 16
+    max_example_loss: float = 16.0
+    loss_scale: float = 64.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_eval_examples) or self.max_eval_examples < 0:

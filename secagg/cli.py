@@ -1,4 +1,4 @@
-"""The ``secagg`` command line: ``demo`` and ``bench``."""
+"""The ``secagg`` command line: serve, tokens, status, certificates, demo, bench, vectors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 from protocol import (
     FixedPointEncoding,
@@ -132,46 +135,229 @@ def _vectors(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secagg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+app = typer.Typer(
+    name="secagg",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Secure aggregation for federated learning: server, tools and benchmarks.",
+)
+token_app = typer.Typer(no_args_is_help=True, help="One-time enrolment tokens.")
+client_app = typer.Typer(no_args_is_help=True, help="Client-side helpers.")
+app.add_typer(token_app, name="token")
+app.add_typer(client_app, name="client")
 
-    demo = sub.add_parser("demo", help="run a simulated secure aggregation round")
-    demo.add_argument("--clients", type=int, default=10)
-    demo.add_argument("--length", type=int, default=10_000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+DbOption = Annotated[
+    str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: settings)")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file", exists=True)
+]
 
-    bench = sub.add_parser("bench", help="time one simulated round; prints JSON")
-    bench.add_argument("--clients", type=int, default=50)
-    bench.add_argument("--length", type=int, default=100_000)
-    bench.add_argument("--dropout", type=float, default=0.1)
-    bench.add_argument("--graph", choices=["complete", "harary"], default="complete")
-    bench.add_argument("--degree", type=int, default=None)
-    bench.add_argument("--threshold", type=int, default=None)
-    bench.add_argument("--mode", choices=["semi-honest", "active"], default="semi-honest")
-    bench.add_argument("--drop-round", choices=["R0", "R1", "R2", "R3", "R4"], default="R2")
-    bench.add_argument("--bit-width", type=int, default=32)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.set_defaults(func=_bench)
 
-    vectors = sub.add_parser(
-        "vectors", help="write or check the transcript test vectors (specs/vectors)"
+def _settings(config: Path | None = None, **overrides: Any) -> Any:
+    from secagg.settings import Settings
+
+    return Settings.load(config, **overrides)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    database_url: DbOption = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", exists=True)] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", exists=True)] = None,
+    admin_token: Annotated[str | None, typer.Option("--admin-token")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the aggregation server."""
+    import uvicorn
+
+    from secagg.app import create_app
+    from secagg.logs import configure_logging
+
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        database_url=database_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        admin_token=admin_token,
     )
-    vectors.add_argument("action", choices=["write", "check"])
-    vectors.add_argument("dir", help="directory of <name>.json vector files")
-    vectors.add_argument(
-        "--replay-only",
-        action="store_true",
-        help="check: only replay the files (e.g. from another implementation), no diff",
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    configure_logging(settings.log_level, settings.log_json)
+    application = create_app(settings)
+    token = application.state.coordinator.admin_token
+    if settings.admin_token is None:
+        settings.admin_token_file.write_text(token + "\n")
+        settings.admin_token_file.chmod(0o600)
+        typer.echo(f"admin token written to {settings.admin_token_file}", err=True)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        access_log=False,
     )
-    vectors.set_defaults(func=_vectors)
-    return parser
+
+
+@token_app.command("create")
+def token_create(
+    label: Annotated[str, typer.Option(help="a note stored with the token")] = "",
+    ttl: Annotated[float, typer.Option(help="lifetime in seconds")] = 86400.0,
+    database_url: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Issue a one-time enrolment token (printed once; only its hash is stored)."""
+    from secagg import db as dbm
+    from secagg.auth import create_enrolment_token
+
+    settings = _settings(config, database_url=database_url)
+    token, row = create_enrolment_token(dbm.Database.from_url(settings.database_url), label, ttl)
+    typer.echo(token)
+    typer.echo(f"expires {row.expires_at.isoformat()}", err=True)
+
+
+@app.command("dev-cert")
+def dev_cert(
+    out_dir: Annotated[Path, typer.Option(help="where to write cert.pem and key.pem")] = Path("."),
+    host: Annotated[list[str] | None, typer.Option(help="DNS name or IP (repeatable)")] = None,
+    days: Annotated[int, typer.Option(help="validity")] = 30,
+) -> None:
+    """Write a self-signed certificate and key for trying TLS out (not for production)."""
+    from protocol.crypto.x509 import self_signed_certificate
+
+    cert, key = self_signed_certificate(host or ["localhost", "127.0.0.1"], days)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cert.pem").write_bytes(cert)
+    key_path = out_dir / "key.pem"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    typer.echo(f"wrote {out_dir / 'cert.pem'} and {key_path}")
+
+
+@app.command()
+def status(database_url: DbOption = None, config: ConfigOption = None) -> None:
+    """Tasks, recent rounds and model versions, in the terminal."""
+    from secagg.status import print_status
+
+    settings = _settings(config, database_url=database_url)
+    print_status(settings.database_url)
+
+
+@client_app.command("enrol")
+def client_enrol(
+    server: Annotated[str, typer.Option(help="server URL, e.g. https://host:8443")],
+    token: Annotated[str, typer.Option(help="one-time enrolment token")],
+    identity: Annotated[Path, typer.Option(help="identity file to write")] = Path("client.key"),
+    name: Annotated[str, typer.Option(help="a name for this client")] = "",
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Create an identity key and enrol it with a token."""
+    from client_sdk.client import ClientError, enrol
+
+    try:
+        ident = enrol(server, token, name=name, verify=str(ca) if ca else True)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    ident.save(identity)
+    typer.echo(f"enrolled as client {ident.client_id}; identity in {identity} (mode 600)")
+
+
+@app.command("demo")
+def demo_cmd(
+    simulated: Annotated[
+        bool, typer.Option("--simulated", help="only one in-memory round (no server, no training)")
+    ] = False,
+    rounds: Annotated[int, typer.Option(help="FedAvg rounds")] = 20,
+    out_dir: Annotated[Path, typer.Option(help="report folder")] = Path("demo-output"),
+    clients: int = 10,
+    length: int = 10_000,
+    seed: int = 0,
+) -> None:
+    """Federated training with secure aggregation, end to end (real server and clients)."""
+    if simulated:
+        raise typer.Exit(_demo(argparse.Namespace(clients=clients, length=length, seed=seed)))
+    from secagg.demo.run import run_demo
+
+    summary = run_demo(out_dir, rounds=rounds)
+    gap = summary["accuracy_gap_points"]
+    raise typer.Exit(0 if gap is not None and gap <= 0.5 else 1)
+
+
+@app.command("bench")
+def bench_cmd(
+    clients: int = 50,
+    length: int = 100_000,
+    dropout: float = 0.1,
+    graph: Annotated[str, typer.Option(help="complete | harary")] = "complete",
+    degree: int | None = None,
+    threshold: int | None = None,
+    mode: Annotated[str, typer.Option(help="semi-honest | active")] = "semi-honest",
+    drop_round: Annotated[str, typer.Option("--drop-round", help="R0..R4")] = "R2",
+    bit_width: Annotated[int, typer.Option("--bit-width")] = 32,
+    seed: int = 0,
+) -> None:
+    """Time one simulated round next to its primitive-cost model; prints JSON."""
+    if graph not in ("complete", "harary") or mode not in ("semi-honest", "active"):
+        raise typer.BadParameter("graph must be complete|harary, mode semi-honest|active")
+    if drop_round.upper() not in ("R0", "R1", "R2", "R3", "R4"):
+        raise typer.BadParameter("--drop-round must be one of R0..R4")
+    raise typer.Exit(
+        _bench(
+            argparse.Namespace(
+                clients=clients,
+                length=length,
+                dropout=dropout,
+                graph=graph,
+                degree=degree,
+                threshold=threshold,
+                mode=mode,
+                drop_round=drop_round,
+                bit_width=bit_width,
+                seed=seed,
+            )
+        )
+    )
+
+
+@app.command("vectors")
+def vectors_cmd(
+    action: Annotated[str, typer.Argument(help="write | check")],
+    dir: Annotated[str, typer.Argument(help="directory of <name>.json vector files")],
+    replay_only: Annotated[
+        bool, typer.Option("--replay-only", help="check: only replay the files, no diff")
+    ] = False,
+) -> None:
+    """Write or check the transcript test vectors (specs/vectors)."""
+    if action not in ("write", "check"):
+        raise typer.BadParameter("action must be write or check")
+    raise typer.Exit(_vectors(argparse.Namespace(action=action, dir=dir, replay_only=replay_only)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Entry point; returns the exit code (also usable from tests)."""
+    try:
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        result = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except Exception as exc:
+        # Usage errors (typer vendors click, so match by shape, not by class).
+        show = getattr(exc, "show", None)
+        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
+            show()
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        if type(exc).__name__ == "Abort":
+            return 1
+        raise
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

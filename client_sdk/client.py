@@ -1,0 +1,340 @@
+"""The training-side client: check in, train, take part in secure aggregation, repeat.
+
+Embedding it in an existing loop::
+
+    identity = Identity.load("client.key")            # from `secagg-client enrol`
+    client = Client("https://server:8443", identity, model,
+                    train_fn=lambda m: train_one_epoch(m, loader),   # returns #examples
+                    eval_fn=lambda m: evaluate(m, test_loader),      # EvalSums
+                    task_id=1, verify="ca.pem")
+    client.run()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from client_sdk.identity import Identity
+from client_sdk.models import FlatModel, as_flat_model
+from protocol import ClientSession, Mode, Round, SessionConfig, SystemRandom
+from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
+from protocol.errors import SecAggError
+from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
+
+log = logging.getLogger("secagg.client")
+
+TrainFn = Callable[[FlatModel], int]
+EvalFn = Callable[[FlatModel], EvalSums]
+# Called at each stage with (round number, stage); returning True makes the
+# client stop answering in that stage, as if it had crashed (fault injection).
+FaultFn = Callable[[int, Round], bool]
+
+
+def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """``True``/``False``, or a CA certificate file to trust (e.g. a dev certificate)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+class ClientError(Exception):
+    """Something the operator of this client must fix; the message says what."""
+
+
+class ServerUnreachable(ClientError):
+    pass
+
+
+class RequestRefused(ClientError):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"server refused ({status} {code}): {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+class PolicyViolation(ClientError):
+    """The server proposed a session this client's policy does not accept."""
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What this client accepts from a server, checked before it sends anything.
+
+    The threshold bounds what colluding parties must control to learn one
+    client's update, so a client refuses sessions below its floor.
+    """
+
+    min_participants: int = 3
+    min_threshold_fraction: float = 0.5  # t >= fraction * degree
+    allowed_modes: frozenset[Mode] = frozenset({Mode.SEMI_HONEST, Mode.ACTIVE})
+    require_active: bool = False
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round_number: int
+    state: str  # "completed", "aborted", "dropped"
+    abort_reason: str | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+
+
+class Client:
+    """One federated client. See the module docstring."""
+
+    def __init__(
+        self,
+        server_url: str,
+        identity: Identity,
+        model: Any,
+        train_fn: TrainFn,
+        eval_fn: EvalFn | None = None,
+        *,
+        task_id: int,
+        verify: bool | str = True,
+        policy: ClientPolicy | None = None,
+        fault: FaultFn | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        if identity.client_id is None:
+            raise ClientError("identity is not enrolled: enrol it with a token first")
+        self.identity = identity
+        self.client_id: int = identity.client_id
+        self.model = as_flat_model(model)
+        self.train_fn, self.eval_fn = train_fn, eval_fn
+        self.task_id = task_id
+        self.policy = policy or ClientPolicy()
+        self.fault = fault
+        self._http = httpx.Client(
+            base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
+        )
+        self._rng = SystemRandom()
+        self._cache: tuple[int, npt.NDArray[np.float32]] | None = None
+        # Called with each assignment before training (e.g. to seed per round).
+        self.on_assignment: Callable[[dict[str, Any]], None] | None = None
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+    ) -> httpx.Response:
+        headers = sign_request(
+            self.identity.secret,
+            self.client_id,
+            method,
+            path,
+            int(time.time()),
+            os.urandom(16).hex(),
+            body,
+        )
+        if content_type:
+            headers["content-type"] = content_type
+        try:
+            response = self._http.request(method, path, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.status_code >= 400 and response.status_code != 410:
+            try:
+                err = response.json()
+                code, detail = str(err.get("error")), str(err.get("detail"))
+            except ValueError:
+                code, detail = "http_error", response.text[:200]
+            raise RequestRefused(response.status_code, code, detail)
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(
+        self,
+        rounds: int | None = None,
+        *,
+        stop: Callable[[], bool] | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> list[RoundOutcome]:
+        """Keep participating until ``rounds`` rounds were joined, ``stop()`` is true,
+        the task is over (404/410), or no round came for ``idle_timeout_s``."""
+        outcomes: list[RoundOutcome] = []
+        idle_since = time.monotonic()
+        while rounds is None or len(outcomes) < rounds:
+            if stop is not None and stop():
+                break
+            try:
+                outcome = self.participate()
+            except RequestRefused as exc:
+                if exc.status == 404:  # the task finished or is unknown
+                    break
+                raise
+            if outcome is None:
+                if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            outcomes.append(outcome)
+        return outcomes
+
+    def participate(self) -> RoundOutcome | None:
+        """Check in once; if selected, run the round. None if not selected this time."""
+        response = self._request("POST", f"/v1/tasks/{self.task_id}/checkin")
+        if response.status_code == 204:
+            return None
+        return self._round(response.json())
+
+    def _round(self, a: dict[str, Any]) -> RoundOutcome:
+        started = time.monotonic()
+        number = int(a["round_number"])
+        config = SessionConfig.decode(bytes.fromhex(a["config"]))
+        encoding = RoundEncoding(
+            FixedPointEncoding(
+                clip=float(a["encoding"]["clip"]),
+                scale=float(a["encoding"]["scale"]),
+                max_weight=int(a["encoding"]["max_weight"]),
+            ),
+            max_eval_examples=int(a["encoding"]["max_eval_examples"]),
+            max_example_loss=float(a["encoding"]["max_example_loss"]),
+            loss_scale=float(a["encoding"]["loss_scale"]),
+        )
+        self._check_policy(config, encoding, number, int(a["model_length"]))
+        if self.on_assignment is not None:
+            self.on_assignment(a)
+        base = self._download(int(a["base_version"]))
+        self.model.set_weights(base)
+        metrics = self.eval_fn(self.model) if self.eval_fn else EvalSums(0, 0, 0.0)
+        examples = int(self.train_fn(self.model))
+        delta = self.model.get_weights().astype(np.float64) - base
+        weight = max(0, min(examples, encoding.update.max_weight))
+        vector = encoding.encode(delta, weight, metrics, self._rng)
+        session = ClientSession(
+            config,
+            self.client_id,
+            vector,
+            rng=self._rng,
+            identity_key=self.identity.secret if config.mode is Mode.ACTIVE else None,
+        )
+        sent = received = 0
+        if self._faulty(number, Round.R0_ADVERTISE_KEYS):
+            return RoundOutcome(number, "dropped", seconds=time.monotonic() - started)
+        msg = session.start()
+        self._post(a["round_id"], msg)
+        sent += len(msg)
+        seq = 0
+        while session.round not in (Round.COMPLETED, Round.ABORTED):
+            response = self._request("GET", f"/v1/rounds/{a['round_id']}/messages/{seq}")
+            if response.status_code == 204:
+                continue
+            if response.status_code == 410:
+                break  # the round ended without another message for us
+            data = response.content
+            received += len(data)
+            seq += 1
+            try:
+                reply = session.receive(data)
+            except SecAggError as exc:
+                log.warning("round %d: refused a server message: %s", number, exc)
+                break
+            if reply is None:
+                continue
+            # The reply belongs to the stage the session has just entered
+            # (COMPLETED means the reply is the round-4 unmasking answer).
+            after = Round(session.round)  # re-read: receive() moved it
+            stage = Round.R4_UNMASKING if after is Round.COMPLETED else after
+            if self._faulty(number, stage):
+                return RoundOutcome(
+                    number, "dropped", None, sent, received, time.monotonic() - started
+                )
+            try:
+                self._post(a["round_id"], reply)
+            except RequestRefused as exc:
+                if exc.status == 410:
+                    break
+                raise
+            sent += len(reply)
+        state = "completed" if session.round is Round.COMPLETED else "aborted"
+        reason = session.abort_reason.value if session.abort_reason else None
+        return RoundOutcome(number, state, reason, sent, received, time.monotonic() - started)
+
+    def _faulty(self, number: int, stage: Round) -> bool:
+        return self.fault is not None and self.fault(number, stage)
+
+    def _post(self, round_id: int, data: bytes) -> None:
+        self._request("POST", f"/v1/rounds/{round_id}/messages", data, CBOR_MEDIA_TYPE)
+
+    def _download(self, version: int) -> npt.NDArray[np.float64]:
+        if self._cache is None or self._cache[0] != version:
+            response = self._request("GET", f"/v1/tasks/{self.task_id}/models/{version}")
+            raw = np.load(io.BytesIO(response.content), allow_pickle=False)
+            digest = hashlib.sha256(np.ascontiguousarray(raw, dtype="<f4").tobytes()).hexdigest()
+            if digest != response.headers.get("x-secagg-sha256"):
+                raise ClientError(f"model version {version} failed its integrity check")
+            self._cache = (version, raw.astype(np.float32))
+        return self._cache[1].astype(np.float64)
+
+    def _check_policy(
+        self, config: SessionConfig, encoding: RoundEncoding, number: int, model_length: int
+    ) -> None:
+        p = self.policy
+        if self.client_id not in config.participants:
+            raise PolicyViolation(f"client {self.client_id} is not a participant of the session")
+        if config.num_participants < p.min_participants:
+            raise PolicyViolation(f"{config.num_participants} participants < {p.min_participants}")
+        if config.mode not in p.allowed_modes or (
+            p.require_active and config.mode is not Mode.ACTIVE
+        ):
+            raise PolicyViolation(f"mode {config.mode.value} is not allowed by this client")
+        if config.threshold < p.min_threshold_fraction * config.degree:
+            raise PolicyViolation(
+                f"threshold {config.threshold} is below {p.min_threshold_fraction} x degree "
+                f"{config.degree}"
+            )
+        if model_length != self.model.num_weights:
+            raise PolicyViolation(
+                f"task model has {model_length} weights, local model {self.model.num_weights}"
+            )
+        if config.vector_length != encoding.vector_length(model_length):
+            raise PolicyViolation("session vector length does not match the model")
+        if config.context != session_context(self.task_id, number, encoding.context()):
+            raise PolicyViolation("session is bound to another task, round or encoding")
+        if config.bit_width < encoding.required_bit_width(config.num_participants):
+            raise PolicyViolation("session bit width would let the sum wrap")
+
+
+def enrol(
+    server_url: str,
+    token: str,
+    identity: Identity | None = None,
+    *,
+    name: str = "",
+    verify: bool | str = True,
+) -> Identity:
+    """Enrol an identity (a new one by default) with a one-time token."""
+    identity = identity or Identity.generate()
+    try:
+        response = httpx.post(
+            f"{server_url.rstrip('/')}/v1/enrol",
+            verify=tls_verify(verify),
+            timeout=30,
+            json={"token": token, "public_key": identity.public_key.hex(), "name": name},
+        )
+    except httpx.TransportError as exc:
+        raise ServerUnreachable(f"cannot reach {server_url}: {exc}") from exc
+    if response.status_code != 200:
+        try:
+            err = response.json()
+        except ValueError:
+            err = {"error": "http_error", "detail": response.text[:200]}
+        raise RequestRefused(response.status_code, str(err.get("error")), str(err.get("detail")))
+    return identity.with_enrolment(int(response.json()["client_id"]), server_url)

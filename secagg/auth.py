@@ -1,0 +1,197 @@
+"""Client authentication (signed requests, replay refusal), enrolment, admin credential."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from protocol.transport import (
+    HEADER_CLIENT,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    NONCE_HEX_CHARS,
+    verify_request,
+)
+from secagg import db as dbm
+
+
+class AuthError(Exception):
+    """Authentication failed; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    client_id: int
+    timestamp: int
+    nonce: str
+    signature: bytes
+
+
+def parse_headers(headers: dict[str, str]) -> SignedRequest:
+    """The four authentication headers, validated for form (not yet for truth)."""
+    try:
+        raw = {
+            h: headers[h] for h in (HEADER_CLIENT, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+        }
+    except KeyError as exc:
+        raise AuthError(401, "unauthenticated", f"missing header {exc.args[0]}") from exc
+    try:
+        client_id = int(raw[HEADER_CLIENT])
+        timestamp = int(raw[HEADER_TIMESTAMP])
+        signature = bytes.fromhex(raw[HEADER_SIGNATURE])
+    except ValueError as exc:
+        raise AuthError(401, "bad_auth_header", f"malformed authentication header: {exc}") from exc
+    nonce = raw[HEADER_NONCE]
+    if len(nonce) != NONCE_HEX_CHARS or any(c not in "0123456789abcdef" for c in nonce):
+        raise AuthError(401, "bad_auth_header", f"nonce must be {NONCE_HEX_CHARS} lowercase hex")
+    if len(signature) != 64:
+        raise AuthError(401, "bad_auth_header", "signature must be 64 bytes (hex)")
+    return SignedRequest(client_id, timestamp, nonce, signature)
+
+
+def authenticate(
+    db: dbm.Database,
+    headers: dict[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    clock_skew_s: float,
+    now: float | None = None,
+) -> int:
+    """Verify a signed request and remember its nonce; return the client id.
+
+    Raises:
+        AuthError: 401 for a missing/malformed/invalid signature, an unknown or
+            revoked client, a stale timestamp or a replayed nonce.
+    """
+    req = parse_headers(headers)
+    current = time.time() if now is None else now
+    if abs(current - req.timestamp) > clock_skew_s:
+        raise AuthError(
+            401,
+            "stale_request",
+            f"request time {req.timestamp} is more than {clock_skew_s:.0f} s from server time",
+        )
+    with db.session() as s:
+        client = s.get(dbm.Client, req.client_id)
+        if client is None or client.status is not dbm.ClientStatus.ACTIVE:
+            raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
+        if not verify_request(
+            client.public_key,
+            req.signature,
+            req.client_id,
+            method,
+            path,
+            req.timestamp,
+            req.nonce,
+            body,
+        ):
+            raise AuthError(401, "bad_signature", "request signature does not verify")
+        if not dbm.record_nonce(s, req.client_id, req.nonce, dbm.utcnow()):
+            raise AuthError(401, "replayed_request", "this request nonce was already used")
+        client.last_seen_at = dbm.utcnow()
+    return req.client_id
+
+
+def create_enrolment_token(
+    db: dbm.Database, label: str = "", ttl_s: float = 86400.0
+) -> tuple[str, dbm.EnrolmentToken]:
+    """A fresh one-time token; only its hash is stored."""
+    token = "sa1_" + secrets.token_urlsafe(24)
+    with db.session() as s:
+        now = dbm.utcnow()
+        row = dbm.EnrolmentToken(
+            token_hash=dbm.hash_token(token),
+            label=label,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+        s.add(row)
+    return token, row
+
+
+def enrol(db: dbm.Database, token: str, public_key: bytes, name: str) -> int:
+    """Consume a token and register ``public_key``; return the new client id.
+
+    The token is claimed with one conditional UPDATE (atomic on every
+    backend, SQLite included), and the new id is the next free one; two
+    enrolments racing for the same id make one retry.
+
+    Raises:
+        AuthError: 403 for an unknown, used or expired token; 409 if the key
+            is already enrolled; 400 for a malformed key.
+    """
+    if len(public_key) != 32:
+        raise AuthError(400, "bad_public_key", "public key must be 32 bytes (Ed25519)")
+    token_hash = dbm.hash_token(token)
+    for _ in range(50):
+        try:
+            with db.session() as s:
+                now = dbm.utcnow()
+                claimed = s.execute(
+                    update(dbm.EnrolmentToken)
+                    .where(
+                        dbm.EnrolmentToken.token_hash == token_hash,
+                        dbm.EnrolmentToken.used_at.is_(None),
+                        dbm.EnrolmentToken.expires_at > now,
+                    )
+                    .values(used_at=now)
+                )
+                if cast(CursorResult[Any], claimed).rowcount != 1:
+                    row = s.scalars(
+                        select(dbm.EnrolmentToken).where(
+                            dbm.EnrolmentToken.token_hash == token_hash
+                        )
+                    ).first()
+                    if row is None:
+                        raise AuthError(403, "unknown_token", "enrolment token is not valid")
+                    if row.used_at is not None:
+                        raise AuthError(403, "token_used", "enrolment token was already used")
+                    raise AuthError(403, "token_expired", "enrolment token has expired")
+                if (
+                    s.scalars(
+                        select(dbm.Client.id).where(dbm.Client.public_key == public_key)
+                    ).first()
+                    is not None
+                ):
+                    raise AuthError(409, "key_enrolled", "this public key is already enrolled")
+                next_id = (s.scalar(select(func.max(dbm.Client.id))) or 0) + 1
+                s.add(
+                    dbm.Client(
+                        id=next_id,
+                        name=name[:200] or f"client-{next_id}",
+                        public_key=public_key,
+                        status=dbm.ClientStatus.ACTIVE,
+                    )
+                )
+                s.flush()
+                s.execute(
+                    update(dbm.EnrolmentToken)
+                    .where(dbm.EnrolmentToken.token_hash == token_hash)
+                    .values(client_id=next_id)
+                )
+            return next_id
+        except DbIntegrityError:
+            continue  # another enrolment took this id (or key): the claim rolled back; retry
+    raise AuthError(409, "enrolment_conflict", "could not allocate a client id; try again")
+
+
+def check_admin(authorization: str | None, admin_token: str) -> None:
+    """Constant-time check of ``Authorization: Bearer <admin token>``."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthError(401, "admin_required", "admin endpoints need 'Authorization: Bearer ...'")
+    if not hmac.compare_digest(authorization[7:].encode(), admin_token.encode()):
+        raise AuthError(403, "bad_admin_token", "admin credential is not valid")

@@ -1,0 +1,711 @@
+"""Persistence: the server's tables, engine set-up and transaction scope.
+
+SQLAlchemy 2 typed ORM. One schema serves SQLite (the default, a file next to
+the server: ``sqlite:///secagg.db``, no set-up) and PostgreSQL
+(``postgresql+psycopg://user@host/db``); nothing here is dialect-specific
+except engine set-up and the nonce upsert.
+
+Rules this module keeps:
+
+1. The database is the only state that survives a crash. Everything a restart
+   needs (clients, tasks, rounds, every model version, which one is current) is
+   here, and every multi-row change happens inside one ``Database.session()``
+   transaction, so a ``kill -9`` leaves either the old state or the new one.
+2. Constraints live in the schema, not only in code: uniqueness of public keys,
+   token hashes, (client, nonce), (task, round number), (task, version); value
+   ranges and enumerations as CHECK constraints; versions, pointers and rounds
+   reference existing versions through composite foreign keys. A buggy caller
+   gets an ``sqlalchemy.exc.IntegrityError``, never a silently wrong row.
+3. Timestamps are timezone-aware UTC on the way in and on the way out (naive
+   datetimes are refused), whatever the backend stores.
+4. Secrets are never stored: enrolment tokens only as their SHA-256.
+
+JSON columns are not mutation-tracked: assign a new value (``round.stage_stats
+= {**old, "r1": stats}``) instead of mutating the loaded one in place.
+Sessions use ``expire_on_commit=False``, so objects stay readable after the
+``session()`` block, but lazily loaded/deferred attributes (model weights) must
+be read inside it.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    Enum,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "ABORT_SERVER_RESTART",
+    "DEFAULT_URL",
+    "MAX_CLIENT_ID",
+    "MIN_CLIENT_ID",
+    "Base",
+    "Client",
+    "ClientStatus",
+    "Database",
+    "EnrolmentToken",
+    "GraphChoice",
+    "ModelVersion",
+    "ProtocolMode",
+    "RequestNonce",
+    "Round",
+    "RoundKind",
+    "RoundStatus",
+    "StageStats",
+    "Task",
+    "TaskPointer",
+    "TaskStatus",
+    "UTCDateTime",
+    "create_schema",
+    "hash_token",
+    "make_engine",
+    "mark_interrupted_rounds",
+    "purge_nonces",
+    "record_nonce",
+    "utcnow",
+]
+
+DEFAULT_URL = "sqlite:///secagg.db"
+
+# Protocol client ids are Shamir x-coordinates: 1 .. 2^32-1 (specs/secagg-v1.md).
+# 2^32-1 does not fit PostgreSQL's signed INTEGER, hence BIGINT for client ids.
+MIN_CLIENT_ID = 1
+MAX_CLIENT_ID = 2**32 - 1
+
+ED25519_PUBLIC_KEY_BYTES = 32
+SESSION_ID_BYTES = 32
+SHA256_HEX_CHARS = 64
+MAX_NONCE_CHARS = 128
+
+ABORT_SERVER_RESTART = "server_restart"
+"""``rounds.abort_reason`` of a round that was running when the server died."""
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def hash_token(token: str) -> str:
+    """The value stored in ``enrolment_tokens.token_hash`` for ``token``.
+
+    Args:
+        token: the one-time enrolment token as handed to the operator.
+
+    Returns:
+        The lowercase hex SHA-256 of the token's UTF-8 bytes (64 characters).
+        Tokens carry enough entropy (the issuer's job) that a plain hash is a
+        safe lookup key; the token itself is never stored.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- types
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so the value is
+    converted to UTC and stored naive, and UTC is re-attached on load. Naive
+    datetimes are refused on the way in: their meaning depends on the host.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} refused: give a UTC-aware one")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _json() -> JSON:
+    # JSONB on PostgreSQL (binary, indexable); SQL NULL (not JSON 'null') for None.
+    return JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as the enum's *value* in a VARCHAR with a CHECK constraint (no native
+    # PostgreSQL ENUM type: adding a value later needs no type migration).
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        validate_strings=True,
+        length=max(len(m.value) for m in cls),
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+# Portable BIGINT primary keys: SQLite only auto-assigns rowids to INTEGER.
+_BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ClientStatus(enum.StrEnum):
+    """Whether an enrolled client may still authenticate."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class TaskStatus(enum.StrEnum):
+    """Lifecycle of a training task."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ProtocolMode(enum.StrEnum):
+    """Adversary model of a task's rounds (values match ``protocol.Mode``)."""
+
+    SEMI_HONEST = "semi-honest"
+    ACTIVE = "active"
+
+
+class GraphChoice(enum.StrEnum):
+    """Masking graph of a task: ``protocol.GraphKind`` values plus ``auto``."""
+
+    COMPLETE = "complete"
+    HARARY = "harary"
+    AUTO = "auto"
+
+
+class RoundKind(enum.StrEnum):
+    """What a round aggregates: a model update or evaluation metrics."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+
+
+class RoundStatus(enum.StrEnum):
+    """Outcome of a round; ``running`` until it completes or aborts."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class StageStats(TypedDict):
+    """One protocol stage's entry in ``rounds.stage_stats`` (keyed by stage name)."""
+
+    participants: int
+    dropouts: int
+    seconds: float
+    bytes_in: int
+    bytes_out: int
+
+
+# --------------------------------------------------------------------------- tables
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` holds the whole schema."""
+
+    metadata = MetaData(naming_convention=_NAMING)
+
+
+class Client(Base):
+    """An enrolled client. ``id`` is its protocol client id (Shamir x-coordinate)."""
+
+    __tablename__ = "clients"
+    __table_args__ = (
+        CheckConstraint(f"id BETWEEN {MIN_CLIENT_ID} AND {MAX_CLIENT_ID}", name="id_range"),
+        CheckConstraint(f"length(public_key) = {ED25519_PUBLIC_KEY_BYTES}", name="key_length"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(ED25519_PUBLIC_KEY_BYTES), unique=True)
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[ClientStatus] = mapped_column(
+        _enum(ClientStatus, "status"), default=ClientStatus.ACTIVE
+    )
+
+
+class EnrolmentToken(Base):
+    """A one-time enrolment token, stored only as its SHA-256 (see ``hash_token``)."""
+
+    __tablename__ = "enrolment_tokens"
+    __table_args__ = (
+        CheckConstraint(f"length(token_hash) = {SHA256_HEX_CHARS}", name="hash_length"),
+        CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
+        # A token bound to a client has been used (the client may be deleted later).
+        CheckConstraint("client_id IS NULL OR used_at IS NOT NULL", name="bound_means_used"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_CHARS), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    client_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("clients.id", ondelete="SET NULL")
+    )
+
+
+class RequestNonce(Base):
+    """A request nonce already accepted from a client (replay protection)."""
+
+    __tablename__ = "request_nonces"
+    __table_args__ = (
+        CheckConstraint(f"length(nonce) BETWEEN 1 AND {MAX_NONCE_CHARS}", name="nonce_length"),
+        Index(None, "seen_at"),
+    )
+
+    client_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    nonce: Mapped[str] = mapped_column(String(MAX_NONCE_CHARS), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Task(Base):
+    """A federated training task and its fixed parameters.
+
+    ``vector_length`` is the model's length (number of float32 weights).
+    ``deadlines`` maps stage name to seconds; ``strategy`` is the server
+    update rule, e.g. ``{"name": "fedavg", "server_lr": 1.0, "momentum": 0.0}``;
+    ``strategy_state`` its opaque state (e.g. a momentum buffer as .npy bytes).
+    The current model version is in ``task_pointers`` (see ``ModelRegistry``).
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint("vector_length >= 1", name="vector_length_positive"),
+        CheckConstraint("rounds >= 1", name="rounds_positive"),
+        CheckConstraint("min_clients >= 1", name="min_clients_positive"),
+        CheckConstraint("clients_per_round >= min_clients", name="quorum_fits_round"),
+        CheckConstraint("dropout_rate >= 0 AND dropout_rate < 1", name="dropout_rate_range"),
+        CheckConstraint("corrupt_rate >= 0 AND corrupt_rate < 1", name="corrupt_rate_range"),
+        CheckConstraint("clip > 0", name="clip_positive"),
+        CheckConstraint("scale > 0", name="scale_positive"),
+        CheckConstraint("max_weight >= 1", name="max_weight_positive"),
+        CheckConstraint("current_round >= 0", name="current_round_nonnegative"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[TaskStatus] = mapped_column(
+        _enum(TaskStatus, "status"), default=TaskStatus.ACTIVE
+    )
+    vector_length: Mapped[int] = mapped_column(BigInteger)
+    rounds: Mapped[int] = mapped_column(Integer)
+    clients_per_round: Mapped[int] = mapped_column(Integer)
+    min_clients: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[ProtocolMode] = mapped_column(
+        _enum(ProtocolMode, "mode"), default=ProtocolMode.SEMI_HONEST
+    )
+    graph: Mapped[GraphChoice] = mapped_column(
+        _enum(GraphChoice, "graph"), default=GraphChoice.AUTO
+    )
+    dropout_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    corrupt_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    clip: Mapped[float] = mapped_column(Float)
+    scale: Mapped[float] = mapped_column(Float)
+    max_weight: Mapped[int] = mapped_column(BigInteger)
+    deadlines: Mapped[dict[str, float]] = mapped_column(_json())
+    strategy: Mapped[dict[str, Any]] = mapped_column(_json())
+    strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelVersion(Base):
+    """One immutable global model version of a task.
+
+    ``weights`` are float32 little-endian raw bytes (deferred: not loaded by a
+    plain ``select(ModelVersion)``); ``sha256`` is the hex SHA-256 of exactly
+    those bytes. ``parent_version`` (same task) is the version it was derived
+    from, ``round_number`` the round that produced it (None for uploads).
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("task_id", "version"),
+        ForeignKeyConstraint(
+            ["task_id", "parent_version"],
+            ["model_versions.task_id", "model_versions.version"],
+            name="fk_model_versions_parent",
+        ),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("parent_version < version", name="parent_is_older"),
+        CheckConstraint(f"length(sha256) = {SHA256_HEX_CHARS}", name="sha256_length"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    round_number: Mapped[int | None] = mapped_column(Integer)
+    weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX_CHARS))
+    metrics: Mapped[dict[str, Any]] = mapped_column(_json(), default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    tags: Mapped[list[str]] = mapped_column(_json(), default=list)
+
+
+class TaskPointer(Base):
+    """Which model version of a task is current (moved by promote/rollback).
+
+    A separate table rather than a column on ``tasks`` so that the foreign keys
+    form no cycle (tasks <- model_versions <- task_pointers).
+    """
+
+    __tablename__ = "task_pointers"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["task_id", "current_version"],
+            ["model_versions.task_id", "model_versions.version"],
+            name="fk_task_pointers_current",
+        ),
+    )
+
+    task_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    current_version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Round(Base):
+    """One secure aggregation round of a task, running or finished.
+
+    ``config`` is the canonical ``SessionConfig`` encoding; ``participants``
+    the invited client ids; ``stage_stats`` maps stage name to
+    ``StageStats``. ``base_version`` is the model version the round started
+    from (and evaluates, for eval rounds); ``result_version`` the version it
+    produced. An aborted round has an ``abort_reason``; a finished one a
+    ``finished_at``.
+    """
+
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("task_id", "number"),
+        ForeignKeyConstraint(
+            ["task_id", "base_version"],
+            ["model_versions.task_id", "model_versions.version"],
+            name="fk_rounds_base_version",
+        ),
+        ForeignKeyConstraint(
+            ["task_id", "result_version"],
+            ["model_versions.task_id", "model_versions.version"],
+            name="fk_rounds_result_version",
+        ),
+        CheckConstraint("number >= 0", name="number_nonnegative"),
+        CheckConstraint(f"length(session_id) = {SESSION_ID_BYTES}", name="session_id_length"),
+        CheckConstraint(
+            "status <> 'aborted' OR abort_reason IS NOT NULL", name="aborted_has_reason"
+        ),
+        CheckConstraint("status = 'running' OR finished_at IS NOT NULL", name="finished_has_time"),
+        Index(None, "status"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[RoundKind] = mapped_column(_enum(RoundKind, "kind"), default=RoundKind.TRAIN)
+    status: Mapped[RoundStatus] = mapped_column(
+        _enum(RoundStatus, "status"), default=RoundStatus.RUNNING
+    )
+    abort_reason: Mapped[str | None] = mapped_column(String(200))
+    session_id: Mapped[bytes] = mapped_column(LargeBinary(SESSION_ID_BYTES), unique=True)
+    config: Mapped[bytes] = mapped_column(LargeBinary)
+    participants: Mapped[list[int]] = mapped_column(_json())
+    stage_stats: Mapped[dict[str, StageStats]] = mapped_column(_json(), default=dict)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    base_version: Mapped[int] = mapped_column(Integer)
+    result_version: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(_json())
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _is_sqlite_memory(database: str | None) -> bool:
+    return database in (None, "", ":memory:") or (
+        database is not None and database.startswith("file:") and "mode=memory" in database
+    )
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Create an engine for ``url``, set up for a multi-threaded server.
+
+    SQLite: the file's parent directories are created; every connection gets
+    ``PRAGMA foreign_keys=ON`` (off by default in SQLite) and the WAL journal
+    (readers never block the writer; a killed process loses at most its
+    uncommitted transaction); connections may cross threads; a writer waits up
+    to 30 s for the lock. An in-memory database uses one shared connection, so
+    every session sees the same data. Other backends get ``pool_pre_ping``.
+
+    Args:
+        url: any SQLAlchemy URL, e.g. ``sqlite:///secagg.db`` or
+            ``postgresql+psycopg://postgres@127.0.0.1:5432/secagg``.
+        echo: log every SQL statement (debugging).
+
+    Returns:
+        The engine. Nothing is connected yet.
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: ``url`` is not a valid database URL.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"check_same_thread": False}}
+    if _is_sqlite_memory(parsed.database):
+        kwargs["poolclass"] = StaticPool
+    else:
+        kwargs["connect_args"]["timeout"] = 30.0
+        database = parsed.database
+        assert database is not None
+        if not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every missing table, index and constraint; idempotent.
+
+    Existing tables are left as they are (this is not a migration tool).
+    """
+    Base.metadata.create_all(engine, checkfirst=True)
+
+
+class Database:
+    """An engine plus a session factory: the handle the rest of the server uses.
+
+    Usage::
+
+        db = Database.from_url("sqlite:///secagg.db")
+        with db.session() as s:
+            s.add(Client(...))
+        # committed here; rolled back if the block raised
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessionmaker: sessionmaker[Session] = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str = DEFAULT_URL, *, create: bool = True) -> Database:
+        """Open the database at ``url`` (see ``make_engine``).
+
+        Args:
+            url: SQLAlchemy database URL.
+            create: also create any missing tables (``create_schema``).
+        """
+        db = cls(make_engine(url))
+        if create:
+            db.create_schema()
+        return db
+
+    @property
+    def dialect(self) -> str:
+        """The backend's name, e.g. ``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    def create_schema(self) -> None:
+        """``create_schema(self.engine)``."""
+        create_schema(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commit when the block ends, roll back if it raises.
+
+        Yields:
+            A new ``Session``; it is closed afterwards. Do not nest a writing
+            session inside another one on SQLite (the inner one waits for the
+            outer one's write lock); pass the outer session down instead.
+
+        Raises:
+            Whatever the block raised (after rollback), or the database's error
+            if the commit fails (e.g. ``sqlalchemy.exc.IntegrityError``).
+        """
+        session = self.sessionmaker()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def record_nonce(session: Session, client_id: int, nonce: str, seen_at: datetime) -> bool:
+    """Remember a request nonce; report whether it was new.
+
+    Atomic under concurrency (``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and
+    PostgreSQL): of two requests racing with the same nonce, exactly one gets
+    True. The row is only durable when ``session`` commits.
+
+    Args:
+        session: the request's transaction.
+        client_id: the authenticated client (must exist).
+        nonce: the request's nonce as text, 1..128 characters.
+        seen_at: when the request was accepted (aware datetime).
+
+    Returns:
+        True if the nonce was unused by this client (now recorded); False if it
+        was seen before, i.e. the request is a replay.
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: unknown client or bad nonce length.
+    """
+    values = {"client_id": client_id, "nonce": nonce, "seen_at": seen_at}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module = sqlite if dialect == "sqlite" else postgresql
+        stmt = (
+            module.insert(RequestNonce.__table__)
+            .values(values)
+            .on_conflict_do_nothing()
+            # SQLAlchemy reports an INSERT's rowcount only when asked to.
+            .execution_options(preserve_rowcount=True)
+        )
+        # Core, on the session's connection (same transaction): the ORM's bulk
+        # insert path would not report a rowcount at all.
+        return session.connection().execute(stmt).rowcount == 1
+    # Other backends: check then insert; a concurrent duplicate still fails on
+    # the primary key instead of being accepted twice.
+    if session.get(RequestNonce, (client_id, nonce)) is not None:
+        return False
+    session.execute(insert(RequestNonce).values(values))
+    return True
+
+
+def purge_nonces(db: Database, older_than: datetime) -> int:
+    """Delete remembered nonces seen before ``older_than``; return how many.
+
+    Safe only if requests older than ``older_than`` are refused anyway (the
+    authentication layer's timestamp window), otherwise they become replayable.
+    """
+    with db.session() as session:
+        result = cast(
+            CursorResult[Any],
+            session.execute(delete(RequestNonce).where(RequestNonce.seen_at < older_than)),
+        )
+        return result.rowcount
+
+
+def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[int]:
+    """Abort every round still ``running``; call once at server start.
+
+    A round's protocol state lives only in the server process's memory, so a
+    round that was running when the server died cannot be resumed: it becomes
+    ``aborted`` with reason ``ABORT_SERVER_RESTART``. Its model versions are
+    untouched (a round only writes a version when it completes), so the next
+    round starts from the current version. Only for a single server process per
+    database: a second one would abort the first one's live rounds.
+
+    Args:
+        db: the database.
+        now: the abort time (default: ``utcnow()``).
+
+    Returns:
+        The ids of the rounds aborted, ascending.
+    """
+    finished_at = now or utcnow()
+    with db.session() as session:
+        ids = list(
+            session.scalars(
+                select(Round.id)
+                .where(Round.status == RoundStatus.RUNNING)
+                .order_by(Round.id)
+                .with_for_update()
+            )
+        )
+        if ids:
+            session.execute(
+                update(Round)
+                .where(Round.id.in_(ids))
+                .values(
+                    status=RoundStatus.ABORTED,
+                    abort_reason=ABORT_SERVER_RESTART,
+                    finished_at=finished_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        return ids

@@ -1,0 +1,96 @@
+"""One demo client process: enrol, then train on its digits shard with secure aggregation.
+
+Run by ``secagg demo`` as ``python -m secagg.demo.client ...``; each process
+holds only its own shard of the data, as a hospital or a phone would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.models import TorchModel
+from protocol import Round
+from protocol.encoding import EvalSums
+from secagg.demo.digits import (
+    DEMO,
+    evaluate,
+    load_digits_split,
+    local_seed,
+    make_model,
+    train_local,
+)
+
+STAGES = {
+    "R0": Round.R0_ADVERTISE_KEYS,
+    "R1": Round.R1_SHARE_KEYS,
+    "R2": Round.R2_MASKED_INPUT_COLLECTION,
+    "R4": Round.R4_UNMASKING,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--ca", default=None)
+    p.add_argument("--token", required=True)
+    p.add_argument("--index", type=int, required=True, help="0-based client index in the split")
+    p.add_argument("--task", type=int, required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--drops", default="{}", help='JSON {"round": "R1"}: stop answering there')
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    drops = {int(k): STAGES[v] for k, v in json.loads(args.drops).items()}
+    split = load_digits_split(DEMO.num_clients, alpha=DEMO.alpha, seed=DEMO.seed)
+    data = split.clients[args.index]
+    x_eval, y_eval = split.test_shard(args.index, DEMO.num_clients)
+    model = make_model(DEMO.seed, DEMO.hidden)
+    verify: bool | str = args.ca or True
+    identity = enrol(args.server, args.token, name=f"demo-{args.index}", verify=verify)
+    current_round = {"n": 0}
+
+    def train(_: object) -> int:
+        # Round numbers are 1-based on the server, 0-based in the plaintext reference.
+        return train_local(
+            model,
+            data.x,
+            data.y,
+            epochs=DEMO.local_epochs,
+            batch_size=DEMO.batch_size,
+            lr=DEMO.lr,
+            seed=local_seed(DEMO.seed, current_round["n"] - 1, args.index),
+        )
+
+    def evaluate_global(_: object) -> EvalSums:
+        r = evaluate(model, x_eval, y_eval)
+        return EvalSums(r.correct, r.count, r.loss_sum)
+
+    def fault(number: int, stage: Round) -> bool:
+        current_round["n"] = number
+        return drops.get(number) is stage
+
+    client = Client(
+        args.server,
+        identity,
+        TorchModel(model),
+        train,
+        evaluate_global,
+        task_id=args.task,
+        verify=verify,
+        policy=ClientPolicy(min_participants=5),
+        fault=fault,
+    )
+    # The fault hook is also how the client learns the round number before training.
+    client.on_assignment = lambda a: current_round.__setitem__("n", int(a["round_number"]))
+    outcomes = client.run(rounds=args.rounds, idle_timeout_s=120)
+    for o in outcomes:
+        print(json.dumps(o.__dict__), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""Round orchestration: drives ServerSessions with deadlines over per-client mailboxes.
+
+The protocol's ServerSession never owns time; this module does. For each
+stage it waits until every expected client has sent (``ready()``) or the
+stage's deadline passes, then calls ``advance()``; whoever has not sent by
+then has dropped out. Clients receive the server's messages by long-polling
+their mailbox, so a client that disconnects or crashes is just a dropout.
+
+One :class:`TaskRunner` per active task runs rounds one after another:
+select clients among those checked in, build the session configuration
+(graph and threshold derived from the task's dropout/corruption
+assumptions), run the secure aggregation, decode the weighted mean update
+and the evaluation sums, apply the strategy, and store the new model
+version. A round that aborts stores nothing but its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol import (
+    AbortReason,
+    GraphKind,
+    Mode,
+    RemoteProtocolError,
+    Round,
+    ServerSession,
+    SessionConfig,
+    decode_message,
+)
+from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
+from protocol.errors import ConfigError, ParameterError
+from protocol.params import AdversaryClass, derive_parameters
+from protocol.transport import session_context
+from secagg import db as dbm
+from secagg.registry import ModelRegistry
+from secagg.strategies import ClientSelector, UniformSelector, make_strategy
+
+log = logging.getLogger("secagg.orchestrator")
+
+DEFAULT_DEADLINES: dict[str, float] = {
+    "R0": 60.0,  # includes local training
+    "R1": 15.0,
+    "R2": 30.0,
+    "R3": 15.0,
+    "R4": 15.0,
+}
+_STAGE_KEYS = {
+    Round.R0_ADVERTISE_KEYS: "R0",
+    Round.R1_SHARE_KEYS: "R1",
+    Round.R2_MASKED_INPUT_COLLECTION: "R2",
+    Round.R3_CONSISTENCY_CHECK: "R3",
+    Round.R4_UNMASKING: "R4",
+}
+
+
+def round_encoding(task: dbm.Task) -> RoundEncoding:
+    """The task's vector encoding (update, weight, evaluation sums)."""
+    return RoundEncoding(
+        FixedPointEncoding(clip=task.clip, scale=task.scale, max_weight=task.max_weight)
+    )
+
+
+def choose_graph(
+    n: int, mode: Mode, graph: str, dropout_rate: float, corrupt_rate: float
+) -> tuple[GraphKind, int, int]:
+    """(graph kind, degree, threshold) for ``n`` participants.
+
+    ``harary`` (or ``auto`` when feasible) uses the fcp-compatible parameter
+    finder; the complete graph uses a strict majority of the other clients,
+    raised (never above n-1) towards tolerating the expected dropouts.
+    """
+    if graph in ("harary", "auto"):
+        adversary = (
+            AdversaryClass.SEMI_MALICIOUS if mode is Mode.ACTIVE else AdversaryClass.SEMI_HONEST
+        )
+        try:
+            p = derive_parameters(n, dropout_rate, corrupt_rate, adversary)
+            if p.degree < n - 1:
+                return GraphKind.HARARY, p.degree, p.threshold
+        except ParameterError:
+            if graph == "harary":
+                raise
+    k = n - 1
+    t = max(k // 2 + 1, 1)
+    return GraphKind.COMPLETE, k, min(t, k)
+
+
+@dataclass
+class Assignment:
+    """What a selected client is told: everything it needs to take part."""
+
+    round_id: int
+    task_id: int
+    round_number: int
+    config: bytes
+    base_version: int
+    model_length: int
+    encoding: dict[str, Any]
+    deadlines: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round_id": self.round_id,
+            "task_id": self.task_id,
+            "round_number": self.round_number,
+            "config": self.config.hex(),
+            "base_version": self.base_version,
+            "model_length": self.model_length,
+            "encoding": self.encoding,
+            "deadlines": self.deadlines,
+        }
+
+
+class Mailbox:
+    """The server's messages to one client in one round, in order (read by sequence number)."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.closed = False
+        self._changed = asyncio.Condition()
+
+    async def put(self, data: bytes) -> None:
+        async with self._changed:
+            self.messages.append(data)
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    async def get(self, seq: int, timeout: float) -> bytes | None:
+        """Message ``seq``, waiting up to ``timeout``; None on timeout or if none will come."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: seq < len(self.messages) or self.closed),
+                    timeout,
+                )
+            except TimeoutError:
+                return None
+            return self.messages[seq] if seq < len(self.messages) else None
+
+
+@dataclass
+class StageRecord:
+    participants: int = 0
+    dropouts: int = 0
+    seconds: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class RoundDriver:
+    """One secure aggregation over the network."""
+
+    round_id: int
+    config: SessionConfig
+    deadlines: dict[str, float]
+    server: ServerSession = field(init=False)
+    mailboxes: dict[int, Mailbox] = field(init=False)
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    on_stage: Callable[[str, StageRecord], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.server = ServerSession(self.config)
+        self.mailboxes = {u: Mailbox() for u in self.config.participants}
+        self._lock = asyncio.Lock()
+        self._progress = asyncio.Event()
+        self._stage_bytes_in = 0
+
+    async def submit(self, client_id: int, data: bytes) -> None:
+        """A client's protocol message. Raises RemoteProtocolError (state unchanged)."""
+        msg = decode_message(data)
+        sender = getattr(msg, "sender", None)
+        if sender != client_id:
+            raise RemoteProtocolError(
+                AbortReason.WRONG_SENDER,
+                f"authenticated as client {client_id} but the message is from {sender}",
+            )
+        async with self._lock:
+            if len(data) > 1 << 20:
+                # Large vectors are parsed and summed off the event loop.
+                await asyncio.to_thread(self.server.receive, data)
+            else:
+                self.server.receive(data)
+            self._stage_bytes_in += len(data)
+            if self.server.ready():
+                self._progress.set()
+
+    async def run(self) -> None:
+        """Advance stage by stage until the session completes or aborts."""
+        while self.server.round not in (Round.COMPLETED, Round.ABORTED):
+            stage = _STAGE_KEYS[self.server.round]
+            started = time.monotonic()
+            expected = len(self.server.pending())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_ready(), self.deadlines[stage])
+            async with self._lock:
+                sent = expected - len(self.server.pending())
+                out = await asyncio.to_thread(self.server.advance)
+                record = StageRecord(
+                    participants=sent,
+                    dropouts=expected - sent,
+                    seconds=time.monotonic() - started,
+                    bytes_in=self._stage_bytes_in,
+                    bytes_out=sum(len(m) for m in out.values()),
+                )
+                self._stage_bytes_in = 0
+                self._progress.clear()
+            self.stages[stage] = record
+            if self.on_stage is not None:
+                self.on_stage(stage, record)
+            for u, data in out.items():
+                await self.mailboxes[u].put(data)
+        for box in self.mailboxes.values():
+            await box.close()
+
+    async def _wait_ready(self) -> None:
+        while not self.server.ready():
+            await self._progress.wait()
+            self._progress.clear()
+
+
+class TaskRunner:
+    """Runs one task's rounds, one at a time, until its target is reached."""
+
+    def __init__(
+        self,
+        db: dbm.Database,
+        registry: ModelRegistry,
+        task_id: int,
+        *,
+        checkin_grace_s: float = 0.5,
+        selector: ClientSelector | None = None,
+        events: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.db, self.registry, self.task_id = db, registry, task_id
+        self.selector = selector or UniformSelector()
+        self.grace = checkin_grace_s
+        self.waiting: dict[int, asyncio.Future[Assignment]] = {}
+        self.rounds: dict[int, RoundDriver] = {}
+        self._arrival = asyncio.Event()
+        self._events = events or (lambda kind, data: None)
+        self._stopped = False
+
+    # -- clients --------------------------------------------------------------
+
+    async def checkin(self, client_id: int, timeout: float) -> Assignment | None:
+        """Wait (long-poll) to be selected for a round; None if not selected in time."""
+        previous = self.waiting.get(client_id)
+        if previous is not None and not previous.done():
+            previous.cancel()  # a newer check-in replaces an older one
+        fut: asyncio.Future[Assignment] = asyncio.get_running_loop().create_future()
+        self.waiting[client_id] = fut
+        self._arrival.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            return None
+        finally:
+            if self.waiting.get(client_id) is fut and not fut.done():
+                del self.waiting[client_id]
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._arrival.set()
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopped:
+            task = self._load_task()
+            if task is None or task.status is not dbm.TaskStatus.ACTIVE:
+                return
+            if task.current_round >= task.rounds:
+                self._set_status(dbm.TaskStatus.COMPLETED)
+                self._events("task_completed", {"task_id": self.task_id})
+                return
+            participants = await self._gather(task.min_clients, task.clients_per_round)
+            if participants is None:
+                return
+            try:
+                await self._run_round(task, participants)
+            except Exception:  # a round must never take the runner down
+                log.exception("round of task %s failed", self.task_id)
+                await asyncio.sleep(0.5)
+
+    def _available(self) -> list[int]:
+        return [u for u, f in self.waiting.items() if not f.done()]
+
+    async def _gather(self, minimum: int, wanted: int) -> list[int] | None:
+        while not self._stopped:
+            if len(self._available()) >= minimum:
+                # A short grace period lets late check-ins join a round.
+                deadline = time.monotonic() + self.grace
+                while len(self._available()) < wanted and time.monotonic() < deadline:
+                    self._arrival.clear()
+                    try:
+                        await asyncio.wait_for(self._arrival.wait(), deadline - time.monotonic())
+                    except TimeoutError:
+                        break
+                available = self._available()
+                if len(available) >= minimum:
+                    return self.selector.select(available, wanted)
+            self._arrival.clear()
+            await self._arrival.wait()
+        return None
+
+    async def _run_round(self, task: dbm.Task, participants: list[int]) -> None:
+        number = task.current_round + 1
+        encoding = round_encoding(task)
+        mode = Mode(task.mode.value)
+        kind, degree, threshold = choose_graph(
+            len(participants), mode, task.graph.value, task.dropout_rate, task.corrupt_rate
+        )
+        keys: tuple[bytes, ...] = ()
+        if mode is Mode.ACTIVE:
+            with self.db.session() as s:
+                keys = tuple(s.get(dbm.Client, u).public_key for u in participants)  # type: ignore[union-attr]
+        config = SessionConfig(
+            participants=tuple(participants),
+            threshold=threshold,
+            vector_length=encoding.vector_length(task.vector_length),
+            bit_width=encoding.required_bit_width(len(participants)),
+            nonce=os.urandom(32),
+            mode=mode,
+            graph=kind,
+            degree=degree if kind is GraphKind.HARARY else 0,
+            identity_keys=keys,
+            context=session_context(self.task_id, number, encoding.context()),
+        )
+        base = self.registry.get(self.task_id)
+        deadlines = {**DEFAULT_DEADLINES, **(task.deadlines or {})}
+        with self.db.session() as s:
+            row = dbm.Round(
+                task_id=self.task_id,
+                number=number,
+                status=dbm.RoundStatus.RUNNING,
+                session_id=config.session_id,
+                config=config.encode(),
+                participants=participants,
+                base_version=base.version,
+            )
+            s.add(row)
+            s.flush()
+            round_id = row.id
+        driver = RoundDriver(round_id, config, deadlines)
+        driver.on_stage = lambda stage, rec: self._events(
+            "stage", {"task_id": self.task_id, "round": number, "stage": stage, **rec.__dict__}
+        )
+        self.rounds[round_id] = driver
+        assignment = Assignment(
+            round_id=round_id,
+            task_id=self.task_id,
+            round_number=number,
+            config=config.encode(),
+            base_version=base.version,
+            model_length=task.vector_length,
+            encoding={
+                "clip": task.clip,
+                "scale": task.scale,
+                "max_weight": task.max_weight,
+                "max_eval_examples": encoding.max_eval_examples,
+                "max_example_loss": encoding.max_example_loss,
+                "loss_scale": encoding.loss_scale,
+            },
+            deadlines=deadlines,
+        )
+        for u in participants:
+            fut = self.waiting.pop(u, None)
+            if fut is not None and not fut.done():
+                fut.set_result(assignment)
+        self._events(
+            "round_started",
+            {
+                "task_id": self.task_id,
+                "round": number,
+                "participants": participants,
+                "graph": kind.value,
+                "degree": degree,
+                "threshold": threshold,
+            },
+        )
+        try:
+            await driver.run()
+            self._finish(task, driver, encoding, number, base.version)
+        finally:
+            # Keep the driver briefly so late readers still get their last message.
+            asyncio.get_running_loop().call_later(30, self.rounds.pop, round_id, None)
+
+    def _finish(
+        self,
+        task: dbm.Task,
+        driver: RoundDriver,
+        encoding: RoundEncoding,
+        number: int,
+        base_version: int,
+    ) -> None:
+        server = driver.server
+        stats: dict[str, dbm.StageStats] = {
+            k: dbm.StageStats(
+                participants=v.participants,
+                dropouts=v.dropouts,
+                seconds=v.seconds,
+                bytes_in=v.bytes_in,
+                bytes_out=v.bytes_out,
+            )
+            for k, v in driver.stages.items()
+        }
+        finished = dbm.utcnow()
+        if server.round is Round.ABORTED:
+            reason = server.abort_reason.value if server.abort_reason else "unknown"
+            with self.db.session() as s:
+                row = s.get(dbm.Round, driver.round_id)
+                assert row is not None
+                row.status, row.abort_reason = dbm.RoundStatus.ABORTED, reason
+                row.stage_stats, row.finished_at = stats, finished
+                s.get(dbm.Task, self.task_id).current_round = number  # type: ignore[union-attr]
+            self._events(
+                "round_aborted",
+                {
+                    "task_id": self.task_id,
+                    "round": number,
+                    "reason": reason,
+                    "detail": server.abort_detail,
+                },
+            )
+            return
+        result = server.result
+        total = from_modular(result.aggregate, driver.config.bit_width)
+        try:
+            mean, weight, metrics = encoding.decode(total)
+        except ConfigError as exc:  # e.g. every survivor had zero weight
+            with self.db.session() as s:
+                row = s.get(dbm.Round, driver.round_id)
+                assert row is not None
+                row.status, row.abort_reason = dbm.RoundStatus.ABORTED, f"undecodable: {exc}"
+                row.stage_stats, row.finished_at = stats, finished
+                s.get(dbm.Task, self.task_id).current_round = number  # type: ignore[union-attr]
+            return
+        eval_metrics = {
+            "eval_accuracy": metrics.accuracy if metrics.count else None,
+            "eval_loss": metrics.mean_loss if metrics.count else None,
+            "eval_examples": metrics.count,
+            "train_examples": weight,
+            "survivors": len(result.survivors),
+            "dropped": len(result.dropped),
+        }
+        weights = self.registry.weights(self.task_id, base_version)
+        strategy = make_strategy(task.strategy or {"name": "fedavg"})
+        new_weights, new_state = strategy.apply(weights, mean, task.strategy_state)
+        if not np.all(np.isfinite(new_weights)):
+            raise ValueError("strategy produced non-finite weights")
+        with self.db.session() as s:
+            version = self.registry.add_version(
+                self.task_id,
+                new_weights,
+                parent_version=base_version,
+                round_number=number,
+                metrics={"base_eval": eval_metrics},
+                session=s,
+            )
+            row = s.get(dbm.Round, driver.round_id)
+            assert row is not None
+            row.status = dbm.RoundStatus.COMPLETED
+            row.stage_stats, row.finished_at = stats, finished
+            row.result_version, row.metrics = version.version, eval_metrics
+            t = s.get(dbm.Task, self.task_id)
+            assert t is not None
+            t.current_round, t.strategy_state = number, new_state
+        self._events(
+            "round_completed",
+            {"task_id": self.task_id, "round": number, "version": version.version, **eval_metrics},
+        )
+
+    def _load_task(self) -> dbm.Task | None:
+        with self.db.session() as s:
+            return s.get(dbm.Task, self.task_id)
+
+    def _set_status(self, status: dbm.TaskStatus) -> None:
+        with self.db.session() as s:
+            t = s.get(dbm.Task, self.task_id)
+            if t is not None:
+                t.status = status
+
+
+def expected_bytes(config: SessionConfig) -> int:
+    """Upper bound on one client message of this session (for body-size limits)."""
+    return config.packed_size + 4096 + 200 * config.degree

@@ -1,0 +1,62 @@
+"""One configuration object for the service: CLI flags, ``SECAGG_*`` env vars, a TOML file.
+
+Precedence (highest first): values passed explicitly (CLI flags), environment
+variables, the TOML file named by ``SECAGG_CONFIG`` (or ``--config``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to run; nothing else reads configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="SECAGG_", extra="forbid")
+
+    database_url: str = Field(
+        default="sqlite:///secagg.db",
+        description="SQLAlchemy URL; SQLite needs no set-up, e.g. postgresql+psycopg://...",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    admin_token: str | None = Field(
+        default=None,
+        description="Bearer token for admin endpoints; if unset one is generated at start "
+        "and written to admin_token_file",
+    )
+    admin_token_file: Path = Path("secagg-admin-token")
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    request_clock_skew_s: float = Field(default=300.0, gt=0)
+    long_poll_s: float = Field(default=20.0, gt=0, le=300)
+    checkin_ttl_s: float = Field(
+        default=60.0, gt=0, description="a check-in counts as available for this long"
+    )
+    log_level: str = "info"
+    log_json: bool = True
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from defaults < TOML file < environment < ``overrides`` (non-None)."""
+        path = config_file or (
+            Path(os.environ["SECAGG_CONFIG"]) if "SECAGG_CONFIG" in os.environ else None
+        )
+        file_values: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as fh:
+                file_values = tomllib.load(fh)
+        env_values = cls().model_dump(exclude_unset=True)
+        merged = {
+            **file_values,
+            **env_values,
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
+        return cls(**merged)

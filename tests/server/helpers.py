@@ -1,0 +1,59 @@
+"""A real uvicorn server on loopback, in a background thread, for API tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from secagg.app import create_app
+from secagg.settings import Settings
+
+ADMIN = "test-admin-token"
+
+
+@contextmanager
+def running_server(tmp_path: Path, **settings: object) -> Iterator[str]:
+    cfg = Settings(
+        database_url=f"sqlite:///{tmp_path / 'secagg.db'}",
+        admin_token=ADMIN,
+        long_poll_s=2.0,
+        **settings,
+    )  # type: ignore[arg-type]
+    app = create_app(cfg)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def admin(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
+
+
+def new_token(url: str) -> str:
+    with admin(url) as c:
+        r = c.post("/v1/admin/tokens", json={"label": "test"})
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+
+_ = asyncio  # the server thread runs its own event loop

@@ -1,0 +1,253 @@
+"""Hostile and unauthenticated input over real HTTP: typed 4xx JSON errors, nothing changed."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from client_sdk.client import Client, ClientPolicy, RequestRefused, enrol
+from client_sdk.identity import Identity
+from client_sdk.models import FunctionModel
+from protocol.encoding import EvalSums
+from protocol.messages import MaskedInput
+from protocol.transport import CBOR_MEDIA_TYPE, sign_request
+from tests.server.helpers import admin, new_token, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with running_server(tmp_path_factory.mktemp("api"), max_body_bytes=200_000) as url:
+        yield url
+
+
+def _task(url: str, name: str, **kw: object) -> int:
+    body = {
+        "name": name,
+        "vector_length": 8,
+        "rounds": 1,
+        "clients_per_round": 3,
+        "graph": "complete",
+        "deadlines": {"R0": 5, "R1": 2, "R2": 2, "R3": 2, "R4": 2},
+    }
+    body.update(kw)
+    with admin(url) as c:
+        r = c.post("/v1/admin/tasks", json=body)
+    assert r.status_code == 200, r.text
+    return int(r.json()["id"])
+
+
+def _signed(
+    url: str,
+    ident: Identity,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    content_type: str | None = None,
+) -> httpx.Response:
+    assert ident.client_id is not None
+    headers = sign_request(
+        ident.secret,
+        ident.client_id,
+        method,
+        path,
+        int(time.time()) if timestamp is None else timestamp,
+        nonce or os.urandom(16).hex(),
+        body,
+    )
+    if content_type:
+        headers["content-type"] = content_type
+    return httpx.request(method, url + path, content=body, headers=headers, timeout=30)
+
+
+def _err(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"] == code
+
+
+def test_enrolment_tokens_are_one_time_and_checked(server: str) -> None:
+    token = new_token(server)
+    ident = enrol(server, token, name="a")
+    assert ident.client_id is not None and ident.client_id >= 1
+    with pytest.raises(RequestRefused) as info:
+        enrol(server, token, name="again")
+    assert (info.value.status, info.value.code) == (403, "token_used")
+    with pytest.raises(RequestRefused) as info:
+        enrol(server, "sa1_not-a-token", name="x")
+    assert (info.value.status, info.value.code) == (403, "unknown_token")
+    with admin(server) as c:
+        expired = c.post("/v1/admin/tokens", json={"ttl_s": 0.001}).json()["token"]
+    time.sleep(0.05)
+    with pytest.raises(RequestRefused) as info:
+        enrol(server, expired)
+    assert info.value.code == "token_expired"
+    # The same key cannot be enrolled twice.
+    with pytest.raises(RequestRefused) as info:
+        enrol(server, new_token(server), ident)
+    assert (info.value.status, info.value.code) == (409, "key_enrolled")
+    r = httpx.post(server + "/v1/enrol", json={"token": "x", "public_key": "zz"})
+    _err(r, 422, "invalid_request")
+
+
+def test_requests_must_be_signed_fresh_and_never_replayed(server: str) -> None:
+    task = _task(server, "auth")
+    ident = enrol(server, new_token(server))
+    path = f"/v1/tasks/{task}/models/current"
+    _err(httpx.get(server + path), 401, "unauthenticated")
+    ok = _signed(server, ident, "GET", path)
+    assert ok.status_code == 200 and ok.headers["x-secagg-version"] == "1"
+    # Replay: the very same headers again.
+    nonce = os.urandom(16).hex()
+    stamp = int(time.time())
+    assert _signed(server, ident, "GET", path, timestamp=stamp, nonce=nonce).status_code == 200
+    _err(_signed(server, ident, "GET", path, timestamp=stamp, nonce=nonce), 401, "replayed_request")
+    _err(
+        _signed(server, ident, "GET", path, timestamp=int(time.time()) - 3600), 401, "stale_request"
+    )
+    # A signature by another key.
+    other = Identity.generate().with_enrolment(ident.client_id or 0, server)
+    _err(_signed(server, other, "GET", path), 401, "bad_signature")
+    # Signed for another path.
+    headers = sign_request(
+        ident.secret,
+        ident.client_id or 0,
+        "GET",
+        "/elsewhere",
+        int(time.time()),
+        os.urandom(16).hex(),
+        b"",
+    )
+    _err(httpx.get(server + path, headers=headers), 401, "bad_signature")
+    stranger = Identity.generate().with_enrolment(99999, server)
+    _err(_signed(server, stranger, "GET", path), 401, "unknown_client")
+
+
+def test_admin_endpoints_need_the_admin_credential(server: str) -> None:
+    _err(httpx.get(server + "/v1/admin/tasks"), 401, "admin_required")
+    _err(
+        httpx.get(server + "/v1/admin/tasks", headers={"authorization": "Bearer nope"}),
+        403,
+        "bad_admin_token",
+    )
+
+
+def test_bad_requests_get_typed_errors(server: str) -> None:
+    ident = enrol(server, new_token(server))
+    with admin(server) as c:
+        _err(c.post("/v1/admin/tasks", json={"name": "x"}), 422, "invalid_request")
+        _err(
+            c.post(
+                "/v1/admin/tasks",
+                json={
+                    "name": "w",
+                    "vector_length": 4,
+                    "rounds": 1,
+                    "clients_per_round": 3,
+                    "initial_weights": "!!notbase64",
+                },
+            ),
+            400,
+            "bad_weights",
+        )
+        _task(server, "dup")
+        _err(
+            c.post(
+                "/v1/admin/tasks",
+                json={"name": "dup", "vector_length": 4, "rounds": 1, "clients_per_round": 3},
+            ),
+            409,
+            "task_exists",
+        )
+        _err(c.get("/v1/admin/tasks/424242"), 404, "unknown_task")
+    _err(_signed(server, ident, "POST", "/v1/tasks/424242/checkin"), 404, "unknown_task")
+    _err(_signed(server, ident, "GET", "/v1/rounds/424242/messages/0"), 410, "round_over")
+    _err(
+        _signed(
+            server, ident, "POST", "/v1/rounds/424242/messages", b"\x00", content_type="text/plain"
+        ),
+        415,
+        "unsupported_media_type",
+    )
+    big = b"\x00" * 300_000
+    _err(
+        httpx.post(
+            server + "/v1/rounds/1/messages", content=big, headers={"content-type": CBOR_MEDIA_TYPE}
+        ),
+        413,
+        "body_too_large",
+    )
+
+
+def test_hostile_participant_is_refused_and_the_round_still_completes(server: str) -> None:
+    task = _task(server, "hostile", clients_per_round=4, min_clients=4)
+    honest: list[Client] = []
+    for i in range(3):
+        ident = enrol(server, new_token(server), name=f"h{i}")
+        w = np.zeros(8, np.float32)
+        store = {"w": w}
+        model = FunctionModel(
+            lambda s=store: s["w"].copy(),
+            lambda v, s=store: s.__setitem__("w", np.asarray(v, np.float32)),
+        )
+        honest.append(
+            Client(
+                server,
+                ident,
+                model,
+                lambda m: 1,
+                lambda m: EvalSums(0, 0, 0.0),
+                task_id=task,
+                policy=ClientPolicy(min_participants=3),
+            )
+        )
+    bad = enrol(server, new_token(server), name="mallory")
+    results: dict[int, str] = {}
+    threads = [
+        threading.Thread(target=lambda c=c, i=i: results.__setitem__(i, c.run(rounds=1)[0].state))
+        for i, c in enumerate(honest)
+    ]
+    for t in threads:
+        t.start()
+    assignment = None
+    while assignment is None:
+        r = _signed(server, bad, "POST", f"/v1/tasks/{task}/checkin")
+        if r.status_code == 200:
+            assignment = r.json()
+    rid = assignment["round_id"]
+    msgs = f"/v1/rounds/{rid}/messages"
+    _err(
+        _signed(server, bad, "POST", msgs, b"\xff\x00garbage", content_type=CBOR_MEDIA_TYPE),
+        400,
+        "malformed_message",
+    )
+    other = next(u for u in range(1, 100) if u != bad.client_id)
+    forged = MaskedInput(bytes.fromhex(assignment["config"])[:0] or bytes(32), other, b"").encode()
+    _err(
+        _signed(server, bad, "POST", msgs, forged, content_type=CBOR_MEDIA_TYPE),
+        409,
+        "wrong_sender",
+    )
+    # Mallory then goes silent: a dropout in round 0.
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {0: "completed", 1: "completed", 2: "completed"}
+    with admin(server) as c:
+        detail = c.get(f"/v1/admin/tasks/{task}").json()
+    assert detail["rounds_detail"][0]["status"] == "completed"
+    assert detail["rounds_detail"][0]["stage_stats"]["R0"]["dropouts"] == 1
+
+
+def test_metrics_endpoint(server: str) -> None:
+    r = httpx.get(server + "/metrics")
+    assert r.status_code == 200
+    assert "secagg_rounds_total" in r.text and "secagg_stage_seconds" in r.text
+    _ = Path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
 
 from protocol import (
     AbortReason,
@@ -319,7 +320,16 @@ class TaskRunner:
         return None
 
     async def _run_round(self, task: dbm.Task, participants: list[int]) -> None:
-        number = task.current_round + 1
+        # After a restart the interrupted round keeps its number (aborted), so the
+        # next number follows the highest one used, not the task's counter.
+        with self.db.session() as s:
+            used = (
+                s.scalar(
+                    select(func.max(dbm.Round.number)).where(dbm.Round.task_id == self.task_id)
+                )
+                or 0
+            )
+        number = max(task.current_round, used) + 1
         encoding = round_encoding(task)
         mode = Mode(task.mode.value)
         kind, degree, threshold = choose_graph(

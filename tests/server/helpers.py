@@ -19,9 +19,11 @@ ADMIN = "test-admin-token"
 
 
 @contextmanager
-def running_server(tmp_path: Path, **settings: object) -> Iterator[str]:
+def running_server(
+    tmp_path: Path, database_url: str | None = None, **settings: object
+) -> Iterator[str]:
     cfg = Settings(
-        database_url=f"sqlite:///{tmp_path / 'secagg.db'}",
+        database_url=database_url or f"sqlite:///{tmp_path / 'secagg.db'}",
         admin_token=ADMIN,
         long_poll_s=2.0,
         **settings,

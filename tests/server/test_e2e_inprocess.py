@@ -36,9 +36,10 @@ class Box:
 
 
 @pytest.mark.slow
-def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path) -> None:
+def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on the real PostgreSQL (skipped, by name, if it does not answer)."""
     n, length, rounds = 5, 16, 2
-    with running_server(tmp_path) as url:
+    with running_server(tmp_path, db_url) as url:
         with admin(url) as c:
             r = c.post(
                 "/v1/admin/tasks",

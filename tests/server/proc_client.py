@@ -1,0 +1,74 @@
+"""A client process for end-to-end tests: a 16-weight model whose 'training' adds a step.
+
+``--crash-round R --crash-stage S`` makes the process SIGKILL itself at that
+stage of that round (a real crash, not a polite exit); ``--slow-round R``
+makes training in round R take 4 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.models import FunctionModel
+from protocol import Round
+from protocol.encoding import EvalSums
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--ca", default=None)
+    p.add_argument("--token", required=True)
+    p.add_argument("--task", type=int, required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--crash-round", type=int, default=0)
+    p.add_argument("--crash-stage", default="R2")
+    p.add_argument("--slow-round", type=int, default=0)
+    a = p.parse_args()
+    verify: bool | str = a.ca or True
+    ident = enrol(a.server, a.token, name=f"proc-{a.index}", verify=verify)
+    state = {"w": np.zeros(16, np.float32), "round": 0}
+    step = np.full(16, (a.index + 1) / 1024, np.float32)
+
+    def train(_: object) -> int:
+        if state["round"] == a.slow_round:
+            time.sleep(4)
+        state["w"] = state["w"] + step  # type: ignore[operator]
+        return 10
+
+    def fault(number: int, stage: Round) -> bool:
+        if number == a.crash_round and stage.value.startswith(a.crash_stage):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+    model = FunctionModel(
+        lambda: state["w"].copy(),  # type: ignore[union-attr]
+        lambda v: state.__setitem__("w", np.asarray(v, np.float32)),
+    )
+    client = Client(
+        a.server,
+        ident,
+        model,
+        train,
+        lambda m: EvalSums(1, 1, 0.0),
+        task_id=a.task,
+        verify=verify,
+        policy=ClientPolicy(min_participants=2),
+        fault=fault,
+    )
+    client.on_assignment = lambda asg: state.__setitem__("round", int(asg["round_number"]))
+    outcomes = client.run(rounds=a.rounds, idle_timeout_s=60)
+    print([o.state for o in outcomes], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -83,16 +83,26 @@ def _ids(value: object, name: str) -> tuple[int, ...]:
 
 
 def _pairs(value: object, size: int | None, name: str) -> tuple[tuple[int, bytes], ...]:
-    """An array of [id, bytes] pairs, strictly increasing by id."""
+    """An array of [id, bytes] pairs, strictly increasing by id.
+
+    Hot on the server (one pair per neighbour per message): the checks are
+    inlined, and the helpers only run to name what is wrong.
+    """
     if not isinstance(value, list | tuple):
         raise DecodeError(f"{name} must be an array of [id, bytes] pairs")
     out: list[tuple[int, bytes]] = []
+    previous = 0
     for item in value:
-        if not isinstance(item, list | tuple) or len(item) != 2:
+        if type(item) not in (list, tuple) or len(item) != 2:
             raise DecodeError(f"{name} entries must be [id, bytes] pairs")
-        out.append((_id(item[0], f"{name} id"), _bytes(item[1], size, f"{name} value")))
-    if any(a[0] >= b[0] for a, b in itertools.pairwise(out)):
-        raise DecodeError(f"{name} must be strictly increasing by id")
+        ident, data = item
+        if type(ident) is not int or not previous < ident <= MAX_ID:
+            _id(ident, f"{name} id")
+            raise DecodeError(f"{name} must be strictly increasing by id")
+        if type(data) is not bytes or (size is not None and len(data) != size):
+            _bytes(data, size, f"{name} value")
+        out.append((ident, data))
+        previous = ident
     return tuple(out)
 
 

@@ -28,7 +28,7 @@ from protocol.crypto import (
     x25519_generate,
 )
 from protocol.encoding import word_dtype
-from protocol.shamir import reconstruct_secrets, split_secrets
+from protocol.shamir import lagrange_at_zero, reconstruct_secrets, split_secrets
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 5, number: int = 1) -> float:
@@ -50,6 +50,7 @@ class PrimitiveCosts:
     keygen: float
     split_per_holder: float  # Shamir split of 2 secrets, per holder (at the bench's t)
     reconstruct: float  # one secret from t shares, coefficients amortised
+    lagrange: float  # Lagrange coefficients at zero for one set of t holders
     aead: float
     sign: float
     verify: float
@@ -80,6 +81,7 @@ class PrimitiveCosts:
             )
             / 64
         )
+        lagrange = _best_of(lambda: lagrange_at_zero(xs[:threshold]), number=20)
         k32 = rng.random_bytes(32)
         ct = aead_seal(k32, bytes(74), b"aad")
         aead = _best_of(lambda: aead_open(k32, ct, b"aad"), number=200)
@@ -97,6 +99,7 @@ class PrimitiveCosts:
             keygen=keygen,
             split_per_holder=split / holders,
             reconstruct=recon,
+            lagrange=lagrange,
             aead=aead,
             sign=sign,
             verify=verify,
@@ -252,12 +255,18 @@ def _cost_model(
         client += n2 * costs.aead
         if u in u3 or sent(u, Round.R2_MASKED_INPUT_COLLECTION):
             client += (n2 + 1) * costs.mask + n2 * costs.agree
-    server = len(u3) * costs.mask * 0.5  # accumulating a vector ~ half an expand+add
+    # Round 0: each advertised key is checked not to be small-order (one X25519).
+    server = 2 * len(u1) * costs.agree
+    server += len(u3) * costs.mask * 0.5  # accumulating a vector ~ half an expand+add
     server += len(u3) * (costs.mask + costs.reconstruct)
-    for d in dropped:
+    needed = [d for d in dropped if g.neighbours(d) & u3]
+    for d in needed:
         live = g.neighbours(d) & u3
-        if live:
-            server += costs.reconstruct + costs.keygen + len(live) * (costs.agree + costs.mask)
+        server += costs.reconstruct + costs.keygen + len(live) * (costs.agree + costs.mask)
+    # Lagrange coefficients: one set per distinct group of first-t holders.
+    t = config.threshold
+    groups = {tuple(sorted(g.neighbours(o) & u3)[:t]) for o in [*u3, *needed]}
+    server += len(groups) * costs.lagrange
     if active:
         server += len(u1) * costs.verify + len(u3) * costs.verify
     return client, server

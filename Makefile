@@ -38,6 +38,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.http_round
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks

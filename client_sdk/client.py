@@ -76,7 +76,11 @@ class ClientPolicy:
     """
 
     min_participants: int = 3
-    min_threshold_fraction: float = 0.5  # t >= fraction * degree
+    # t >= fraction * degree. The fcp-compatible SecAgg+ parameters for the
+    # semi-honest model go down to about 0.35 (e.g. degree 38, threshold 22 at
+    # 10^6 clients has 0.58, degree 8 / threshold 3 at 50 has 0.375); active
+    # mode always needs t > degree/2, which the configuration itself enforces.
+    min_threshold_fraction: float = 0.35
     allowed_modes: frozenset[Mode] = frozenset({Mode.SEMI_HONEST, Mode.ACTIVE})
     require_active: bool = False
 

@@ -631,11 +631,12 @@ class RoundEncoding:
     """
 
     update: FixedPointEncoding
-    # Defaults keep the metric slots within 2^26 per client, so they rarely
-    # widen the modulus beyond what the update itself needs.
-    max_eval_examples: int = 1 << 16
-    max_example_loss: float = 16.0
-    loss_scale: float = 64.0
+    # Defaults keep each metric slot below 2^19 per client, so up to about a
+    # thousand clients the metrics never widen the modulus past 32 bits (which
+    # would double the mask work and the bytes on the wire).
+    max_eval_examples: int = 1 << 12
+    max_example_loss: float = 8.0
+    loss_scale: float = 16.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_eval_examples) or self.max_eval_examples < 0:

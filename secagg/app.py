@@ -136,8 +136,10 @@ class TaskCreate(BaseModel):
     dropout_rate: float = Field(default=0.1, ge=0, lt=1)
     corrupt_rate: float = Field(default=0.05, ge=0, lt=1)
     clip: float = Field(default=1.0, gt=0)
-    scale: float = Field(default=float(1 << 16), gt=0)
-    max_weight: int = Field(default=100_000, ge=1)
+    # 2^12 x 10^4 keeps one client's weighted update below 2^26, so cohorts
+    # of up to ~30 clients stay within 32-bit words; raise for more precision.
+    scale: float = Field(default=float(1 << 12), gt=0)
+    max_weight: int = Field(default=10_000, ge=1)
     deadlines: dict[Literal["R0", "R1", "R2", "R3", "R4"], float] = Field(default_factory=dict)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
 
@@ -168,6 +170,8 @@ def _round_json(r: dbm.Round) -> dict[str, Any]:
     return {
         "id": r.id,
         "number": r.number,
+        "session_id": r.session_id.hex(),
+        "config": r.config.hex(),
         "status": r.status.value,
         "abort_reason": r.abort_reason,
         "participants": r.participants,

@@ -48,6 +48,7 @@ from secagg.strategies import ClientSelector, UniformSelector, make_strategy
 
 log = logging.getLogger("secagg.orchestrator")
 
+AUTO_HARARY_MIN_CLIENTS = 100
 DEFAULT_DEADLINES: dict[str, float] = {
     "R0": 60.0,  # includes local training
     "R1": 15.0,
@@ -80,7 +81,10 @@ def choose_graph(
     finder; the complete graph uses a strict majority of the other clients,
     raised (never above n-1) towards tolerating the expected dropouts.
     """
-    if graph in ("harary", "auto"):
+    # SecAgg+ pays off for large cohorts; below ~100 clients the parameter
+    # finder's sparse graphs are tiny (degree 2 at n=10) and the complete graph
+    # costs little, so "auto" keeps the complete graph there.
+    if graph == "harary" or (graph == "auto" and n >= AUTO_HARARY_MIN_CLIENTS):
         adversary = (
             AdversaryClass.SEMI_MALICIOUS if mode is Mode.ACTIVE else AdversaryClass.SEMI_HONEST
         )

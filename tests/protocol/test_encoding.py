@@ -695,7 +695,7 @@ def test_round_encoding_carries_update_weight_and_metrics_through_the_sum() -> N
     assert metrics.accuracy == 8 / 13
     b = enc.required_bit_width(2)
     assert b >= FixedPointEncoding(1.0, 2.0**10, 50).required_bit_width(2)
-    assert (2 * 1000 * 16 * 64).bit_length() + 1 <= b
+    assert (2 * 1000 * 8 * 16).bit_length() + 1 <= b
 
 
 def test_round_encoding_refuses_impossible_metrics() -> None:

@@ -58,4 +58,19 @@ def new_token(url: str) -> str:
         return str(r.json()["token"])
 
 
+def wait_rounds_finished(url: str, task_id: int, count: int, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    """The task detail once ``count`` rounds have left ``running`` (clients finish
+    a round before the server has unmasked and stored it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with admin(url) as c:
+            detail = c.get(f"/v1/admin/tasks/{task_id}").json()
+        done = [r for r in detail["rounds_detail"] if r["status"] != "running"]
+        if len(done) >= count:
+            return dict(detail)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(done)} of {count} rounds finished")
+        time.sleep(0.05)
+
+
 _ = asyncio  # the server thread runs its own event loop

@@ -17,7 +17,7 @@ from client_sdk.models import FunctionModel
 from protocol.encoding import EvalSums
 from protocol.messages import MaskedInput
 from protocol.transport import CBOR_MEDIA_TYPE, sign_request
-from tests.server.helpers import admin, new_token, running_server
+from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +240,7 @@ def test_hostile_participant_is_refused_and_the_round_still_completes(server: st
     for t in threads:
         t.join(timeout=60)
     assert results == {0: "completed", 1: "completed", 2: "completed"}
-    with admin(server) as c:
-        detail = c.get(f"/v1/admin/tasks/{task}").json()
+    detail = wait_rounds_finished(server, task, 1)
     assert detail["rounds_detail"][0]["status"] == "completed"
     assert detail["rounds_detail"][0]["stage_stats"]["R0"]["dropouts"] == 1
 

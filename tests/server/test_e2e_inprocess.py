@@ -12,7 +12,7 @@ from client_sdk.client import Client, ClientPolicy, enrol
 from client_sdk.models import FunctionModel
 from protocol import Round
 from protocol.encoding import EvalSums
-from tests.server.helpers import admin, new_token, running_server
+from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
 
 SCALE = 2.0**10
 
@@ -97,8 +97,7 @@ def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path, db_url: str) -> Non
             t.join(timeout=120)
         assert outcomes[4][0] == "dropped"
         assert all(o == ["completed"] * rounds for i, o in outcomes.items() if i != 4)
-        with admin(url) as c:
-            detail = c.get(f"/v1/admin/tasks/{task_id}").json()
+        detail = wait_rounds_finished(url, task_id, rounds)
         assert [r["status"] for r in detail["rounds_detail"]] == ["completed", "completed"]
         first = detail["rounds_detail"][0]
         assert first["stage_stats"]["R2"]["dropouts"] == 1

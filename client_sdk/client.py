@@ -30,7 +30,7 @@ from client_sdk.identity import Identity
 from client_sdk.models import FlatModel, as_flat_model
 from protocol import ClientSession, Mode, Round, SessionConfig, SystemRandom
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
-from protocol.errors import SecAggError
+from protocol.errors import DecodeError, SecAggError
 from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
 
 log = logging.getLogger("secagg.client")
@@ -201,7 +201,13 @@ class Client:
     def _round(self, a: dict[str, Any]) -> RoundOutcome:
         started = time.monotonic()
         number = int(a["round_number"])
-        config = SessionConfig.decode(bytes.fromhex(a["config"]))
+        try:
+            config = SessionConfig.decode(bytes.fromhex(a["config"]))
+        except (DecodeError, ValueError) as exc:
+            raise ClientError(
+                f"the server proposed a session this client cannot read (protocol or "
+                f"version mismatch?): {exc}"
+            ) from exc
         encoding = RoundEncoding(
             FixedPointEncoding(
                 clip=float(a["encoding"]["clip"]),

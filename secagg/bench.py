@@ -170,12 +170,20 @@ def run_bench(
     sim = simulate(config, inputs, dropouts=dropouts)
     wall = time.perf_counter() - t0
 
+    from secagg.parallel import simulate_parallel
+
+    t0 = time.perf_counter()
+    par_aggregate, par_survivors, _, _ = simulate_parallel(config, inputs, dropouts=dropouts)
+    parallel_wall = time.perf_counter() - t0
+
     survivors = set(sim.result.survivors)
     expected = np.zeros(length, np.int64)
     for u, x in zip(config.participants, inputs, strict=True):
         if u in survivors:
             expected += x
-    exact = bool(np.array_equal(sim.aggregate, expected))
+    exact = bool(np.array_equal(sim.aggregate, expected)) and bool(
+        np.array_equal(par_aggregate, expected) and set(par_survivors) == survivors
+    )
 
     costs = PrimitiveCosts.measure(length, bit_width, t, k)
     model_client, model_server = _cost_model(config, costs, dropouts, sim.result.survivors)
@@ -195,6 +203,8 @@ def run_bench(
         "dropped": len(drop_ids),
         "survivors": len(survivors),
         "wall_s": round(wall, 4),
+        # The same session with the clients on 2 worker processes (2 cores).
+        "parallel_wall_s": round(parallel_wall, 4),
         "client_s": round(client_s, 4),
         "server_s": round(sim.server_seconds, 4),
         "model_s": round(model_client + model_server, 4),

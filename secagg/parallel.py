@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocol import ClientSession, Round, ServerSession, SessionConfig
+from protocol import ClientSession, Mode, Round, ServerSession, SessionConfig
 from protocol.encoding import from_modular
 from protocol.errors import RoundAborted
-from protocol.simulate import DROP_ROUNDS
+from protocol.simulate import DROP_ROUNDS, identity_secret
 
 _ORDER = {r: i for i, r in enumerate(DROP_ROUNDS)}
 
@@ -33,7 +33,11 @@ def _worker(
     inputs: Mapping[int, npt.NDArray[np.integer]],
 ) -> None:
     config = SessionConfig.decode(config_bytes)
-    sessions = {u: ClientSession(config, u, inputs[u]) for u in clients}
+    active = config.mode is Mode.ACTIVE
+    sessions = {
+        u: ClientSession(config, u, inputs[u], identity_key=identity_secret(u) if active else None)
+        for u in clients
+    }
     busy = 0.0
     while True:
         command, payload = conn.recv()

@@ -250,3 +250,15 @@ def test_metrics_endpoint(server: str) -> None:
     assert r.status_code == 200
     assert "secagg_rounds_total" in r.text and "secagg_stage_seconds" in r.text
     _ = Path
+
+
+def test_registry_promote_rollback_and_tags_over_the_api(server: str) -> None:
+    task = _task(server, "registry")
+    with admin(server) as c:
+        _err(c.post(f"/v1/admin/tasks/{task}/rollback"), 409, "registry_error")
+        r = c.post(f"/v1/admin/tasks/{task}/versions/1/tags/production")
+        assert r.status_code == 200 and r.json()["tags"] == ["production"]
+        _err(c.post(f"/v1/admin/tasks/{task}/versions/9/promote"), 404, "not_found")
+        detail = c.get(f"/v1/admin/tasks/{task}").json()
+    assert [v["version"] for v in detail["versions"]] == [1]
+    assert detail["versions"][0]["is_current"]

@@ -19,3 +19,14 @@ def test_parallel_driver_matches_simulate_exactly() -> None:
     assert np.array_equal(aggregate, reference.aggregate)
     assert np.array_equal(aggregate, sum(inputs[u - 1] for u in survivors))
     assert client_s > 0 and server_s > 0
+
+
+def test_parallel_driver_in_active_mode() -> None:
+    from protocol import Mode
+
+    config = make_config(6, 50, bit_width=20, mode=Mode.ACTIVE)
+    inputs = [np.arange(50) * u for u in config.participants]
+    drops = {3: Round.R3_CONSISTENCY_CHECK}
+    aggregate, survivors, _, _ = simulate_parallel(config, inputs, dropouts=drops)
+    assert survivors == (1, 2, 3, 4, 5, 6)
+    assert np.array_equal(aggregate, sum(inputs))

@@ -45,6 +45,20 @@ def _clients(url: str, task: int, n: int, fault_for: dict[int, object]) -> list[
     return out
 
 
+def _one_round_each(clients: list[Client]) -> dict[int, str]:
+    """Every client takes part in one round, concurrently; its outcome by index."""
+    results: dict[int, str] = {}
+    threads = [
+        threading.Thread(target=lambda c=c, i=i: results.__setitem__(i, c.run(rounds=1)[0].state))
+        for i, c in enumerate(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
 @pytest.mark.slow
 def test_active_mode_round_with_a_drop_in_the_consistency_check(tmp_path: Path) -> None:
     with running_server(tmp_path) as url:
@@ -67,17 +81,7 @@ def test_active_mode_round_with_a_drop_in_the_consistency_check(tmp_path: Path) 
         # a survivor (its masked input is in), it just does not unmask.
         drop = {5: lambda number, stage: stage is Round.R3_CONSISTENCY_CHECK}
         clients = _clients(url, task, 6, drop)
-        results: dict[int, str] = {}
-        threads = [
-            threading.Thread(
-                target=lambda c=c, i=i: results.__setitem__(i, c.run(rounds=1)[0].state)
-            )
-            for i, c in enumerate(clients)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        results = _one_round_each(clients)
         assert results[5] == "dropped"
         assert all(results[i] == "completed" for i in range(5))
         rnd = wait_rounds_finished(url, task, 1)["rounds_detail"][0]
@@ -131,17 +135,7 @@ def test_wrong_round_and_wrong_length_inside_a_live_round_change_nothing(tmp_pat
             original_post(round_id, data)
 
         mallory._post = hostile_post  # type: ignore[method-assign]
-        results: dict[int, str] = {}
-        threads = [
-            threading.Thread(
-                target=lambda c=c, i=i: results.__setitem__(i, c.run(rounds=1)[0].state)
-            )
-            for i, c in enumerate(clients)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        results = _one_round_each(clients)
         assert refused == [
             (409, "wrong_vector_length"),
             (409, "wrong_round"),

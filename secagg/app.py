@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -102,6 +102,32 @@ class Coordinator:
 # -- request/response models ----------------------------------------------------
 
 
+# Identifiers are 63-bit database keys; larger numbers are refused as 422, not 500.
+Id = Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
+Seq = Annotated[int, Path(ge=0, le=1 << 20)]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a machine-readable code and a sentence saying what was wrong."""
+
+    error: str
+    detail: str
+
+
+_ERR = {"model": ErrorResponse}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_ERR, "description": "Malformed request or protocol message"},
+    401: {**_ERR, "description": "Missing, invalid, stale or replayed authentication"},
+    403: {**_ERR, "description": "Not allowed (bad admin credential, token, participant)"},
+    404: {**_ERR, "description": "Unknown task or version"},
+    409: {**_ERR, "description": "Conflicts with the protocol state or stored data"},
+    410: {**_ERR, "description": "The round is over"},
+    413: {**_ERR, "description": "Body larger than the configured limit"},
+    415: {**_ERR, "description": "Wrong content type"},
+    422: {**_ERR, "description": "Fields that fail validation"},
+}
+
+
 class EnrolRequest(BaseModel):
     token: str = Field(min_length=1, max_length=200)
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, hex")
@@ -114,7 +140,7 @@ class EnrolResponse(BaseModel):
 
 class TokenRequest(BaseModel):
     label: str = Field(default="", max_length=200)
-    ttl_s: float = Field(default=86400.0, gt=0, le=365 * 86400)
+    ttl_s: float = Field(default=86400.0, ge=1.0, le=365 * 86400)
 
 
 class TokenResponse(BaseModel):
@@ -195,6 +221,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         await coord.stop()
 
     app = FastAPI(
+        responses=ERROR_RESPONSES,
         title="secagg",
         version="0.1.0",
         lifespan=lifespan,
@@ -345,7 +372,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             return [_task_json(t) for t in s.scalars(select(dbm.Task).order_by(dbm.Task.id))]
 
     @app.get("/v1/admin/tasks/{task_id}")
-    async def task_detail(task_id: int, _: Admin) -> dict[str, Any]:
+    async def task_detail(task_id: Id, _: Admin) -> dict[str, Any]:
         with database.session() as s:
             task = s.get(dbm.Task, task_id)
             if task is None:
@@ -358,22 +385,38 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         out["versions"] = [_version_json(v) for v in coord.registry.list_versions(task_id)]
         return out
 
+    @app.get("/v1/admin/tasks/{task_id}/versions/{version}/weights")
+    async def admin_download(task_id: Id, version: str, _: Admin) -> Response:
+        """Any stored version (or ``current``) as a .npy file, for the model owner."""
+        v = None if version == "current" else _int(version, "version")
+        info = _registry_call(coord.registry.get, task_id, v)
+        data = _registry_call(coord.registry.download, task_id, info.version)
+        return Response(
+            content=data,
+            media_type="application/octet-stream",
+            headers={
+                "x-secagg-version": str(info.version),
+                "x-secagg-sha256": info.sha256,
+                "content-disposition": f'attachment; filename="task{task_id}-v{info.version}.npy"',
+            },
+        )
+
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/promote")
-    async def promote(task_id: int, version: int, _: Admin) -> dict[str, Any]:
+    async def promote(task_id: Id, version: Id, _: Admin) -> dict[str, Any]:
         return _version_json(_registry_call(coord.registry.promote, task_id, version))
 
     @app.post("/v1/admin/tasks/{task_id}/rollback")
-    async def rollback(task_id: int, _: Admin) -> dict[str, Any]:
+    async def rollback(task_id: Id, _: Admin) -> dict[str, Any]:
         return _version_json(_registry_call(coord.registry.rollback, task_id))
 
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/tags/{tag}")
-    async def tag(task_id: int, version: int, tag: str, _: Admin) -> dict[str, Any]:
+    async def tag(task_id: Id, version: Id, tag: str, _: Admin) -> dict[str, Any]:
         return _version_json(_registry_call(coord.registry.tag, task_id, version, tag))
 
     # -- clients -----------------------------------------------------------------
 
     @app.get("/v1/tasks/{task_id}/models/{version}")
-    async def download(task_id: int, version: str, _: Client) -> Response:
+    async def download(task_id: Id, version: str, _: Client) -> Response:
         v = None if version == "current" else _int(version, "version")
         info = _registry_call(coord.registry.get, task_id, v)
         data = _registry_call(coord.registry.download, task_id, info.version)
@@ -383,15 +426,21 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             headers={"x-secagg-version": str(info.version), "x-secagg-sha256": info.sha256},
         )
 
-    @app.post("/v1/tasks/{task_id}/checkin")
-    async def checkin(task_id: int, cid: Client) -> Response:
+    @app.post(
+        "/v1/tasks/{task_id}/checkin",
+        responses={
+            200: {"description": "Selected: the round assignment (JSON)"},
+            204: {"description": "Not selected before the long-poll timed out; check in again"},
+        },
+    )
+    async def checkin(task_id: Id, cid: Client) -> Response:
         assignment = await coord.runner(task_id).checkin(cid, settings.long_poll_s)
         if assignment is None:
             return Response(status_code=204)
         return JSONResponse(assignment.to_json())
 
     @app.post("/v1/rounds/{round_id}/messages", status_code=202)
-    async def submit(round_id: int, request: Request, cid: Client) -> dict[str, str]:
+    async def submit(round_id: Id, request: Request, cid: Client) -> dict[str, str]:
         if request.headers.get("content-type", "") != CBOR_MEDIA_TYPE:
             raise ApiError(
                 415, "unsupported_media_type", f"protocol messages are {CBOR_MEDIA_TYPE}"
@@ -406,8 +455,18 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             raise ApiError(409, exc.reason.value, exc.detail) from exc
         return {"status": "accepted"}
 
-    @app.get("/v1/rounds/{round_id}/messages/{seq}")
-    async def receive(round_id: int, seq: int, cid: Client) -> Response:
+    @app.get(
+        "/v1/rounds/{round_id}/messages/{seq}",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The server's protocol message number seq",
+                "content": {CBOR_MEDIA_TYPE: {}},
+            },
+            204: {"description": "Not yet available; poll again"},
+        },
+    )
+    async def receive(round_id: Id, seq: Seq, cid: Client) -> Response:
         driver = coord.round_driver(round_id)
         box = driver.mailboxes.get(cid)
         if box is None:

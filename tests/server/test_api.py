@@ -85,8 +85,8 @@ def test_enrolment_tokens_are_one_time_and_checked(server: str) -> None:
         enrol(server, "sa1_not-a-token", name="x")
     assert (info.value.status, info.value.code) == (403, "unknown_token")
     with admin(server) as c:
-        expired = c.post("/v1/admin/tokens", json={"ttl_s": 0.001}).json()["token"]
-    time.sleep(0.05)
+        expired = c.post("/v1/admin/tokens", json={"ttl_s": 1}).json()["token"]
+    time.sleep(1.1)
     with pytest.raises(RequestRefused) as info:
         enrol(server, expired)
     assert info.value.code == "token_expired"
@@ -262,3 +262,20 @@ def test_registry_promote_rollback_and_tags_over_the_api(server: str) -> None:
         detail = c.get(f"/v1/admin/tasks/{task}").json()
     assert [v["version"] for v in detail["versions"]] == [1]
     assert detail["versions"][0]["is_current"]
+    with admin(server) as c:
+        r = c.get(f"/v1/admin/tasks/{task}/versions/current/weights")
+        assert r.status_code == 200 and r.headers["x-secagg-version"] == "1"
+        import hashlib
+        import io
+
+        weights = np.load(io.BytesIO(r.content))
+        assert weights.shape == (8,)
+        digest = hashlib.sha256(weights.astype("<f4").tobytes()).hexdigest()
+        assert digest == r.headers["x-secagg-sha256"]
+        _err(c.get(f"/v1/admin/tasks/{task}/versions/7/weights"), 404, "not_found")
+        _err(c.get(f"/v1/admin/tasks/{task}/versions/x/weights"), 400, "bad_version")
+
+
+def test_token_lifetimes_below_a_second_are_refused(server: str) -> None:
+    with admin(server) as c:
+        _err(c.post("/v1/admin/tokens", json={"ttl_s": 0.001}), 422, "invalid_request")

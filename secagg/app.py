@@ -385,9 +385,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         out["versions"] = [_version_json(v) for v in coord.registry.list_versions(task_id)]
         return out
 
-    @app.get("/v1/admin/tasks/{task_id}/versions/{version}/weights")
-    async def admin_download(task_id: Id, version: str, _: Admin) -> Response:
-        """Any stored version (or ``current``) as a .npy file, for the model owner."""
+    def weights_response(task_id: int, version: str) -> Response:
+        """A stored version (or ``current``) as a .npy file with its content hash."""
         v = None if version == "current" else _int(version, "version")
         info = _registry_call(coord.registry.get, task_id, v)
         data = _registry_call(coord.registry.download, task_id, info.version)
@@ -400,6 +399,11 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
                 "content-disposition": f'attachment; filename="task{task_id}-v{info.version}.npy"',
             },
         )
+
+    @app.get("/v1/admin/tasks/{task_id}/versions/{version}/weights")
+    async def admin_download(task_id: Id, version: str, _: Admin) -> Response:
+        """Any stored version (or ``current``) for the model owner."""
+        return weights_response(task_id, version)
 
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/promote")
     async def promote(task_id: Id, version: Id, _: Admin) -> dict[str, Any]:
@@ -417,14 +421,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
 
     @app.get("/v1/tasks/{task_id}/models/{version}")
     async def download(task_id: Id, version: str, _: Client) -> Response:
-        v = None if version == "current" else _int(version, "version")
-        info = _registry_call(coord.registry.get, task_id, v)
-        data = _registry_call(coord.registry.download, task_id, info.version)
-        return Response(
-            content=data,
-            media_type="application/octet-stream",
-            headers={"x-secagg-version": str(info.version), "x-secagg-sha256": info.sha256},
-        )
+        """The global model a client trains from (a version number or ``current``)."""
+        return weights_response(task_id, version)
 
     @app.post(
         "/v1/tasks/{task_id}/checkin",

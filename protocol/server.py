@@ -136,8 +136,13 @@ class ServerSession:
             raise LocalProtocolError(f"no result: the session is in {self.round.value}")
         return self._result
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes, *, authenticated_sender: int | None = None) -> None:
         """Accept one client message of the current round.
+
+        Args:
+            data: the message bytes.
+            authenticated_sender: the client the transport authenticated, if any;
+                a message claiming to come from another client is refused.
 
         Raises:
             RemoteProtocolError: malformed, wrong session, wrong round, unexpected
@@ -146,6 +151,14 @@ class ServerSession:
         if self.round in TERMINAL:
             raise RemoteProtocolError(AbortReason.WRONG_ROUND, f"session is {self.round.value}")
         msg = decode_message(data)
+        if authenticated_sender is not None:
+            claimed = getattr(msg, "sender", None)
+            if claimed != authenticated_sender:
+                raise RemoteProtocolError(
+                    AbortReason.WRONG_SENDER,
+                    f"authenticated as client {authenticated_sender} but the message is "
+                    f"from {claimed}",
+                )
         if msg.session_id != self.session_id:
             raise RemoteProtocolError(AbortReason.WRONG_SESSION, "message of another session")
         expected_type = SERVER_ACCEPTS[self.round]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import GraphKind, Mode, Round, make_config, simulate
+from protocol import GraphKind, Mode, Round, SessionConfig, make_config, simulate
 from protocol._keys import pairwise_mask_key
 from protocol.crypto import (
     MaskExpander,
@@ -230,12 +230,12 @@ def run_bench(
 
 
 def _cost_model(
-    config: object, costs: PrimitiveCosts, dropouts: dict[int, Round], survivors: tuple[int, ...]
+    config: SessionConfig,
+    costs: PrimitiveCosts,
+    dropouts: dict[int, Round],
+    survivors: tuple[int, ...],
 ) -> tuple[float, float]:
     """Primitive cost of the round that actually ran, client side and server side."""
-    from protocol.config import SessionConfig
-
-    assert isinstance(config, SessionConfig)
     order = [
         Round.R0_ADVERTISE_KEYS,
         Round.R1_SHARE_KEYS,

@@ -29,14 +29,11 @@ import numpy as np
 from sqlalchemy import func, select
 
 from protocol import (
-    AbortReason,
     GraphKind,
     Mode,
-    RemoteProtocolError,
     Round,
     ServerSession,
     SessionConfig,
-    decode_message,
 )
 from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
 from protocol.errors import ConfigError, ParameterError
@@ -187,19 +184,12 @@ class RoundDriver:
 
     async def submit(self, client_id: int, data: bytes) -> None:
         """A client's protocol message. Raises RemoteProtocolError (state unchanged)."""
-        msg = decode_message(data)
-        sender = getattr(msg, "sender", None)
-        if sender != client_id:
-            raise RemoteProtocolError(
-                AbortReason.WRONG_SENDER,
-                f"authenticated as client {client_id} but the message is from {sender}",
-            )
         async with self._lock:
             if len(data) > 1 << 20:
                 # Large vectors are parsed and summed off the event loop.
-                await asyncio.to_thread(self.server.receive, data)
+                await asyncio.to_thread(self.server.receive, data, authenticated_sender=client_id)
             else:
-                self.server.receive(data)
+                self.server.receive(data, authenticated_sender=client_id)
             self._stage_bytes_in += len(data)
             if self.server.ready():
                 self._progress.set()

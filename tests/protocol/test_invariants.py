@@ -467,3 +467,11 @@ def test_a_wrong_self_mask_share_aborts_instead_of_corrupting_the_sum() -> None:
     assert h.server.round is Round.ABORTED
     assert h.server.abort_reason is AbortReason.RECONSTRUCTION_FAILED
     assert "self-mask seed of 2" in h.server.abort_detail
+
+
+def test_server_refuses_a_message_in_another_clients_name() -> None:
+    h = _h()
+    with pytest.raises(RemoteProtocolError) as info:
+        h.server.receive(h.replies[2], authenticated_sender=1)
+    assert info.value.reason is AbortReason.WRONG_SENDER
+    h.server.receive(h.replies[2], authenticated_sender=2)

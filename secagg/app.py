@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
-from protocol import DecodeError, RemoteProtocolError
+from protocol import ConfigError, DecodeError, RemoteProtocolError
+from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
 from secagg import metrics as prom
@@ -165,8 +166,10 @@ class TaskCreate(BaseModel):
     # 2^12 x 10^4 keeps one client's weighted update below 2^26, so cohorts
     # of up to ~30 clients stay within 32-bit words; raise for more precision.
     scale: float = Field(default=float(1 << 12), gt=0)
-    max_weight: int = Field(default=10_000, ge=1)
-    deadlines: dict[Literal["R0", "R1", "R2", "R3", "R4"], float] = Field(default_factory=dict)
+    max_weight: int = Field(default=10_000, ge=1, le=1 << 62)
+    deadlines: dict[
+        Literal["R0", "R1", "R2", "R3", "R4"], Annotated[float, Field(gt=0, le=86400)]
+    ] = Field(default_factory=dict)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
 
 
@@ -333,6 +336,11 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             weights = np.zeros(req.vector_length, np.float32)
         if req.min_clients is not None and req.min_clients > req.clients_per_round:
             raise ApiError(400, "bad_task", "min_clients exceeds clients_per_round")
+        try:  # a task whose rounds could never run is refused now, not at round time
+            encoding = RoundEncoding(FixedPointEncoding(req.clip, req.scale, req.max_weight))
+            encoding.required_bit_width(req.clients_per_round)
+        except ConfigError as exc:
+            raise ApiError(400, "bad_task", str(exc)) from exc
 
         def _create() -> dbm.Task:
             with database.session() as s:

@@ -203,6 +203,8 @@ def serve(
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         access_log=False,
+        # Long-polling clients must not hold a shutdown (or a restart) open.
+        timeout_graceful_shutdown=5,
     )
 
 

@@ -88,7 +88,12 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError("secagg serve ignored SIGTERM for 20 s") from None
 
     def admin(self) -> httpx.Client:
         return httpx.Client(

@@ -65,7 +65,6 @@ class HonestRun:
             peer_mask_keys={v: entries[v].mask_public_key for v in peers},
         )
 
-
     def hand_over(self, view: AttackerView, colluders: set[int]) -> None:
         """Colluders give the server both shares of the target they got in round 1."""
         for c in sorted(colluders):

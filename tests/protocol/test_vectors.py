@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +351,18 @@ def test_a_pruned_client_hears_nothing(on_disk: dict[str, dict[str, Any]]) -> No
                     assert u not in {v for v, _ in msg.ciphertexts}
     sessions = replay_vector(vector)
     assert sessions.server.result.survivors == tuple(vector["result"]["survivors"])
+
+
+def test_the_checker_stands_without_the_generator() -> None:
+    """Another implementation's CI imports only the replay checker."""
+    code = (
+        "import sys, json, pathlib\n"
+        "from protocol.testing.vectors import check_vector\n"
+        "for p in sorted(pathlib.Path(sys.argv[1]).glob('*.json')):\n"
+        "    check_vector(json.loads(p.read_text()))\n"
+        "assert 'protocol.testvectors' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(VECTOR_DIR)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr

@@ -1394,7 +1394,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_own_keys_before_neighbour",
         "SecAgg+ (Harary, 10 clients, degree 4): client 1's key directory alters client 1's "
-        "own mask key AND adds a non-neighbour's entry; R1 step 1 comes before step 2.",
+        "own mask key AND adds a non-neighbour's entry; §12.5 step 1 comes before step 2.",
         _order_own_keys_then_neighbour,
         num_clients=10,
         graph=GraphKind.HARARY,
@@ -1422,7 +1422,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_duplicate_before_signature",
         "Active mode: client 1's key directory gives client 4 client 3's mask key, which "
-        "also breaks client 4's signature: R1 step 3 (duplicates) comes before step 4.",
+        "also breaks client 4's signature: §12.5 step 3 (duplicates) comes before step 4.",
         _order_duplicate_then_signature,
         mode=Mode.ACTIVE,
         also_violates=(AbortReason.BAD_SIGNATURE,),
@@ -1431,7 +1431,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_neighbour_before_threshold",
         "Client 1's share bundle holds a single ciphertext, from id 9, which is not in its "
-        "directory: R2 step 1 (senders) comes before step 2 (threshold).",
+        "directory: §12.6 step 1 (senders) comes before step 2 (threshold).",
         _order_stranger_then_threshold,
         also_violates=(AbortReason.BELOW_THRESHOLD,),
         witness=_witness_threshold_alone,
@@ -1439,7 +1439,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_overlap_before_threshold",
         "Client 1's unmasking request names survivors {1, 2} (below the threshold 3) and "
-        "lists client 2 as dropped too: R4 step 1 (overlap) comes before step 2.",
+        "lists client 2 as dropped too: §12.9 step 1 (overlap) comes before step 2.",
         _order_overlap_then_threshold,
         dropouts=_UNMASK_STAGE,
         also_violates=(AbortReason.BELOW_THRESHOLD, AbortReason.INCONSISTENT_SURVIVORS),
@@ -1448,7 +1448,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_survivors_before_signatures",
         "Active mode: client 1's unmasking request changes the survivor set client 1 signed "
-        "and forges every consistency signature: R4 step 2 (survivor check) comes before "
+        "and forges every consistency signature: §12.9 step 2 (survivor check) comes before "
         "step 3 (signatures).",
         _order_survivor_check_then_signatures,
         mode=Mode.ACTIVE,
@@ -1507,7 +1507,7 @@ _NEGATIVE: Final = (
     _Bad(
         "order_server_signature_before_key",
         "Active mode: client 2's round-0 message advertises the all-zero (small-order) mask "
-        "key under its original signature: R0 step 1 (signature) comes before step 2.",
+        "key under its original signature: §12.4 step 1 (signature) comes before step 2.",
         _order_server_signature_then_key,
         mode=Mode.ACTIVE,
         also_violates=(AbortReason.INVALID_PUBLIC_KEY,),

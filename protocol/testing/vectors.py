@@ -386,6 +386,17 @@ def _check_encoding(
         raise VectorMismatch(f"encoding section: {type(exc).__name__}: {exc}") from exc
 
 
+def _client_session(config: SessionConfig, u: int, data: _ClientData) -> ClientSession:
+    """The replayed client ``u``: the vector's input, randomness and identity key."""
+    return ClientSession(
+        config,
+        u,
+        np.asarray(data.input, dtype=np.int64),
+        rng=DeterministicRandom(data.rng_seed),
+        identity_key=data.identity_secret,
+    )
+
+
 class _Replay:
     """Fresh clients fed the recorded server messages, a fresh server fed the recorded
     client messages; each side's output is compared with the recording."""
@@ -398,16 +409,7 @@ class _Replay:
     ) -> None:
         self.config = config
         self.dropouts = dropouts
-        self.clients = {
-            u: ClientSession(
-                config,
-                u,
-                np.asarray(d.input, dtype=np.int64),
-                rng=DeterministicRandom(d.rng_seed),
-                identity_key=d.identity_secret,
-            )
-            for u, d in clients.items()
-        }
+        self.clients = {u: _client_session(config, u, d) for u, d in clients.items()}
         self.server = ServerSession(config)
         self.pending: dict[int, bytes] = {}
         self.batch: dict[int, bytes] | None = None

@@ -1769,13 +1769,14 @@ _PARAMETER_ROWS: Final[tuple[tuple[int, float, float, AdversaryClass, int, int],
     # Other security and correctness parameters.
     (1000, 0.1, 0.1, _SH, 80, 20),
     (1000, 0.1, 0.1, _SM, 40, 40),
+    # Small cohort where degree 2 still qualifies (n = 8, no dropouts).
+    (8, 0.0, 0.1, _SH, 40, 20),
     # No degree k < n - 1 qualifies: the complete graph (fcp's fallback), with a
     # threshold the configuration accepts (t <= n - 1) or not (t = n).
     (20, 0.45, 0.45, _SH, 40, 20),
     (10, 0.3, 0.3, _SM, 40, 20),
     (3, 0.05, 0.05, _SH, 40, 20),
     (5, 0.2, 0.1, _SM, 40, 20),
-    (8, 0.0, 0.1, _SH, 40, 20),
     # Refused: outside the feasibility limits of §10 or the ranges.
     (100, 0.5, 0.45, _SH, 40, 20),
     (100, 0.3, 0.35, _SM, 40, 20),

@@ -71,6 +71,21 @@ from protocol.shamir import SHARE_SIZE, decode_share, encode_share, split_secret
 
 IntArray = npt.NDArray[np.integer]
 
+SECRET_FIELDS = (
+    "_input",
+    "_cipher_sk",
+    "_mask_sk",
+    "_self_mask_seed",
+    "_identity_key",
+    "_rng",
+    "_cipher_shared",
+    "_held_mask_key_shares",
+    "_held_self_mask_shares",
+)
+"""Attributes of :class:`ClientSession` that hold secrets (or a source that can
+regenerate them); every one is empty or ``None`` once the session is
+``COMPLETED`` or ``ABORTED``."""
+
 
 class ClientSession:
     """One client in one session.
@@ -115,8 +130,10 @@ class ClientSession:
         self.config = config
         self.client_id = client_id
         self.session_id = config.session_id
-        self._rng = rng if rng is not None else SystemRandom()
-        self._identity_key = identity_key
+        # Both are secrets too (a DeterministicRandom regenerates every key and
+        # seed drawn from it): erased with the rest when the session ends.
+        self._rng: RandomSource | None = rng if rng is not None else SystemRandom()
+        self._identity_key: bytes | None = identity_key
         # Reduced mod 2^b only when the masked input is computed (round 2), so an
         # idle session holds no copy; the caller must not modify it meanwhile.
         self._input: IntArray | None = vec
@@ -144,6 +161,7 @@ class ClientSession:
         if self._started:
             raise LocalProtocolError("start() was already called")
         self._started = True
+        assert self._rng is not None  # only erased in a terminal state, after start()
         self._cipher_sk = x25519_generate(self._rng)
         self._mask_sk = x25519_generate(self._rng)
         cipher_pk, mask_pk = self._cipher_sk.public, self._mask_sk.public
@@ -218,9 +236,19 @@ class ClientSession:
         raise RemoteProtocolError(reason, detail)
 
     def _forget_secrets(self) -> None:
+        """Drop every secret the session holds (§12: on abort and on completion).
+
+        Python cannot overwrite immutable ``bytes`` in place; what it can do is
+        drop every reference the session holds, so that nothing reachable from
+        this object (or from a later ``receive``) yields a secret. SECRET_FIELDS
+        names them all; ``tests/protocol/test_client_erasure.py`` checks each.
+        """
         self._input = None
         self._cipher_sk = None
         self._mask_sk = None
+        self._self_mask_seed = b""
+        self._identity_key = None
+        self._rng = None
         self._cipher_shared.clear()
         self._held_mask_key_shares.clear()
         self._held_self_mask_shares.clear()
@@ -255,6 +283,7 @@ class ClientSession:
         self._require_threshold(len(live), "live neighbours after round 0")
         self._directory = {v: entries[v] for v in live}
 
+        assert self._rng is not None
         seed = self._rng.random_bytes(32)
         self._self_mask_seed = seed
         assert self._mask_sk is not None and self._cipher_sk is not None

@@ -1,4 +1,7 @@
-"""Transcript test vectors: generation and replay.
+"""Transcript test vectors: the generator (``make vectors``).
+
+The replay checker, which other implementations can use on their own, is
+:mod:`protocol.testing.vectors`; its public names are re-exported here.
 
 A *vector* is a JSON-able dict that records one session byte for byte: the
 configuration, the seeds every client's randomness comes from, the inputs,
@@ -18,29 +21,8 @@ Two kinds, after the CFRG VDAF draft's test vectors (each operation carries
   ``abort_reason`` (a :class:`~protocol.errors.AbortReason` value), ending in
   ``state_after``.
 
-Format (``"format": "secagg-v1-transcript-vector"``, ``"version": 1``)::
-
-    name, description, success
-    config          every SessionConfig field (bytes as hex) + protocol_version, ciphersuite
-    config_encoding hex of the canonical CBOR configuration (SessionConfig.encode())
-    session_id      hex
-    seed            hex; client u's randomness is
-                    DeterministicRandom(seed || "/client/" || u32be(u))
-    clients         [{id, rng_seed (hex, the full DeterministicRandom seed), input (ints),
-                      neighbours, [identity_secret, identity_public_key (active mode)]}]
-    dropouts        {"<id>": round}: the client never sends that round's message nor later ones
-    transcript      [{step, round, direction (to_server|to_client), client, type, message (hex),
-                      success, [party, abort_reason, state_after]}]
-    result          positive only: survivors, dropped, aggregate (signed, centred lift),
-                    aggregate_mod (unsigned, mod 2^b)
-    encoding        optional: FixedPointEncoding parameters, float inputs, weights and the
-                    encoded integers (which are the clients' inputs), decoded mean
-    party, abort_reason  negative only (copied from the offending step)
-
-``round`` is the server's round: for ``to_server`` the round it is
-collecting, for ``to_client`` the round it has just advanced to. Replay
-advances the server whenever a ``to_client`` step names a new round (and once
-more after the last step of a positive vector).
+The formats are described in :mod:`protocol.testing.vectors` and
+``specs/vectors/README.md``.
 
 This module is pure (no files, no clocks, no OS randomness): every random
 byte comes from :class:`~protocol.crypto.DeterministicRandom`.
@@ -49,7 +31,6 @@ byte comes from :class:`~protocol.crypto.DeterministicRandom`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -57,12 +38,13 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from protocol._keys import advertise_payload
 from protocol._state import TERMINAL, Round
 from protocol.client import ClientSession
 from protocol.config import PROTOCOL_VERSION, GraphKind, Mode, SessionConfig
-from protocol.crypto import CIPHERSUITE, DeterministicRandom, ed25519_public_key
-from protocol.encoding import FixedPointEncoding, from_modular
-from protocol.errors import AbortReason, DecodeError, RemoteProtocolError
+from protocol.crypto import CIPHERSUITE, DeterministicRandom, ed25519_public_key, ed25519_sign
+from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, from_modular
+from protocol.errors import AbortReason, RemoteProtocolError
 from protocol.messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -71,27 +53,48 @@ from protocol.messages import (
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
+    UnmaskResponse,
     decode_message,
 )
+from protocol.params import AdversaryClass
 from protocol.server import ServerSession
+from protocol.shamir import FIELD_PRIME, decode_share, encode_share
 from protocol.simulate import DROP_ROUNDS, identity_secret, make_config, simulate
+from protocol.testing.vectors import (
+    DECODING_FORMAT,
+    FORMAT,
+    FORMAT_VERSION,
+    PARAMETER_FORMAT,
+    ReplayedSessions,
+    Vector,
+    VectorMismatch,
+    check_vector,
+    client_rng_seed,
+    decode_outcome,
+    dropped_by,
+    dumps_vector,
+    message_type_name,
+    parameter_outcome,
+    replay_vector,
+)
+from protocol.transport import session_context
 
 __all__ = [
+    "DECODING_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",
     "INVARIANT_REASONS",
+    "PARAMETER_FORMAT",
+    "ReplayedSessions",
     "VectorMismatch",
     "check_vector",
     "client_rng_seed",
+    "decoding_vector",
     "dumps_vector",
     "generate_all",
+    "parameter_vector",
+    "replay_vector",
 ]
-
-FORMAT: Final = "secagg-v1-transcript-vector"
-FORMAT_VERSION: Final = 1
-
-Vector = dict[str, Any]
-"""A test vector: a JSON-able dict (see the module docstring)."""
 
 # The protocol invariants the bad_* vectors cover: every one has a vector.
 INVARIANT_REASONS: Final = frozenset(
@@ -117,43 +120,12 @@ INVARIANT_REASONS: Final = frozenset(
 )
 
 _SEED_PREFIX: Final = b"secagg-v1/test-vector/"
-_DROP_ORDER: Final = {r: i for i, r in enumerate(DROP_ROUNDS)}
 _MALFORMED: Final = b"\xff\x00garbage"
-
-
-class VectorMismatch(Exception):
-    """A replayed vector disagrees with this implementation (or is malformed)."""
 
 
 # ---------------------------------------------------------------------------
 # Small shared helpers.
 # ---------------------------------------------------------------------------
-
-
-def client_rng_seed(seed: bytes, client: int) -> bytes:
-    """The DeterministicRandom seed of ``client``, as :func:`protocol.simulate.simulate` uses."""
-    return seed + b"/client/" + client.to_bytes(4, "big")
-
-
-def _gone(dropouts: Mapping[int, Round], client: int, rnd: Round) -> bool:
-    """True if ``client`` has dropped by ``rnd`` (it neither receives nor answers)."""
-    if client not in dropouts:
-        return False
-    if rnd in TERMINAL:
-        return True
-    return _DROP_ORDER[dropouts[client]] <= _DROP_ORDER[rnd]
-
-
-def _type_name(data: bytes) -> str:
-    try:
-        return decode_message(data).TYPE.name
-    except DecodeError:
-        return "MALFORMED"
-
-
-def dumps_vector(vector: Mapping[str, Any]) -> str:
-    """The canonical file text of a vector: sorted keys, 2-space indent, final newline."""
-    return json.dumps(vector, indent=2, sort_keys=True) + "\n"
 
 
 def _int_list(values: npt.NDArray[np.integer]) -> list[int]:
@@ -163,15 +135,59 @@ def _int_list(values: npt.NDArray[np.integer]) -> list[int]:
 def _inputs(seed: bytes, parts: Sequence[int], length: int, bound: int) -> dict[int, list[int]]:
     """Readable pseudo-random integer inputs in ``[-bound, bound]``."""
     out: dict[int, list[int]] = {}
+    width = 4 if bound < 1 << 31 else 9  # 9 bytes: no visible modulo bias below 2^63
     for u in parts:
         raw = DeterministicRandom(seed + b"/inputs/" + u.to_bytes(4, "big")).random_bytes(
-            4 * length
+            width * length
         )
         out[u] = [
-            int.from_bytes(raw[4 * i : 4 * i + 4], "little") % (2 * bound + 1) - bound
+            int.from_bytes(raw[width * i : width * i + width], "little") % (2 * bound + 1) - bound
             for i in range(length)
         ]
     return out
+
+
+def _config(
+    participants: Sequence[int],
+    vector_length: int,
+    *,
+    bit_width: int,
+    threshold: int | None,
+    graph: GraphKind,
+    degree: int,
+    mode: Mode,
+    seed: bytes,
+    context: bytes = b"",
+) -> SessionConfig:
+    """:func:`protocol.simulate.make_config` for any participant ids (same nonce, same keys)."""
+    if tuple(participants) == tuple(range(1, len(participants) + 1)):
+        return make_config(
+            len(participants),
+            vector_length,
+            bit_width=bit_width,
+            threshold=threshold,
+            graph=graph,
+            degree=degree,
+            mode=mode,
+            seed=seed,
+            context=context,
+        )
+    k = len(participants) - 1 if graph is GraphKind.COMPLETE else degree
+    keys: tuple[bytes, ...] = ()
+    if mode is Mode.ACTIVE:
+        keys = tuple(ed25519_public_key(identity_secret(u)) for u in participants)
+    return SessionConfig(
+        participants=tuple(participants),
+        threshold=threshold if threshold is not None else k // 2 + 1,
+        vector_length=vector_length,
+        bit_width=bit_width,
+        nonce=DeterministicRandom(seed + b"/nonce").random_bytes(32),
+        mode=mode,
+        graph=graph,
+        degree=k if graph is GraphKind.HARARY else 0,
+        identity_keys=keys,
+        context=context,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +254,7 @@ def _step(index: int, rnd: Round, direction: str, client: int, data: bytes) -> d
         "round": rnd.value,
         "direction": direction,
         "client": client,
-        "type": _type_name(data),
+        "type": message_type_name(data),
         "message": data.hex(),
         "success": True,
     }
@@ -277,9 +293,12 @@ class _Good:
     mode: Mode = Mode.SEMI_HONEST
     dropouts: Mapping[int, Round] = field(default_factory=dict)
     input_bound: int = 1000
+    participants: tuple[int, ...] = ()  # default: 1 .. num_clients
+    final_states: bool = False  # record every client's end state (pruned clients)
 
 
 _R0, _R1, _R2, _R3, _R4 = DROP_ROUNDS
+_MAX_ID: Final = (1 << 32) - 1
 
 _POSITIVE: Final = (
     _Good(
@@ -345,13 +364,91 @@ _POSITIVE: Final = (
         dropouts={2: _R2},
         input_bound=400,
     ),
+    _Good(
+        "bit_width_64",
+        "b = 64: masks are 64-bit PRG words (w = 64, §7.2) with no reduction; inputs up to "
+        "2^62 in absolute value (the sum wraps mod 2^64); complete graph, client 2 drops in "
+        "round 2 (its pairwise masks are removed) and client 5 in round 4 (its self mask "
+        "is reconstructed); 6 clients, threshold 3.",
+        6,
+        6,
+        bit_width=64,
+        dropouts={2: _R2, 5: _R4},
+        input_bound=1 << 62,
+    ),
+    _Good(
+        "bit_width_33",
+        "b = 33: 64-bit PRG words reduced to 33 bits; 9 elements pack into 38 bytes (7 "
+        "padding bits); complete graph, client 4 drops in round 1.",
+        5,
+        9,
+        bit_width=33,
+        dropouts={4: _R1},
+        input_bound=1 << 30,
+    ),
+    _Good(
+        "large_client_ids",
+        "Active mode, complete graph, threshold 3; client ids 7, 24, 300, 70000 and "
+        "2^32 - 1 = 4294967295, whose CBOR encodings use a 0-, 1-, 2-, 4- and 4-byte "
+        "argument (messages-v1.md §1), in every id list, pair and signed survivor set; "
+        "client 300 drops in round 3 (never signs).",
+        5,
+        5,
+        mode=Mode.ACTIVE,
+        threshold=3,
+        participants=(7, 24, 300, 70000, _MAX_ID),
+        dropouts={300: _R3},
+    ),
+    _Good(
+        "harary_odd_degree",
+        "SecAgg+ with an odd degree: Harary graph, 10 clients, k = 3 (each client is also "
+        "joined to the client opposite it on the ring, §9.2), threshold 2; client 5 drops "
+        "in round 2.",
+        10,
+        6,
+        graph=GraphKind.HARARY,
+        degree=3,
+        threshold=2,
+        dropouts={5: _R2},
+    ),
+    _Good(
+        "harary_active",
+        "Active mode on the Harary graph: 10 clients, degree 5 (odd), threshold 3 (2t > k); "
+        "client 1 drops in round 2, client 2 in round 3 (never signs) and client 5 in "
+        "round 4.",
+        10,
+        6,
+        graph=GraphKind.HARARY,
+        degree=5,
+        threshold=3,
+        mode=Mode.ACTIVE,
+        dropouts={1: _R2, 2: _R3, 5: _R4},
+    ),
+    _Good(
+        "harary_pruning",
+        "Pruning (§12.2): Harary graph, 10 clients, degree 4, threshold 2. Clients 1, 3 and 8 "
+        "drop in round 0, which leaves client 6 (neighbours 1, 3, 8, 10) one live "
+        "neighbour: the server prunes it after round 0 (no KeyDirectory for it; it is in no "
+        "directory). Client 4 drops in round 1, which leaves client 7 (neighbours 2, 3, 4, "
+        "8; 3 and 8 are gone) one: pruned after round 1 (it sent ShareKeys; it gets no "
+        "ShareBundle and its ciphertexts are never forwarded). Survivors: 2, 5, 9, 10. "
+        "final_states shows the pruned clients still waiting, in R0_ADVERTISE_KEYS and "
+        "R1_SHARE_KEYS.",
+        10,
+        5,
+        graph=GraphKind.HARARY,
+        degree=4,
+        threshold=2,
+        dropouts={1: _R0, 3: _R0, 8: _R0, 4: _R1},
+        final_states=True,
+    ),
 )
 
 
 def _positive(spec: _Good) -> Vector:
     seed = _SEED_PREFIX + spec.name.encode()
-    config = make_config(
-        spec.num_clients,
+    config = _config(
+        spec.participants or tuple(range(1, spec.num_clients + 1)),
         spec.vector_length,
         bit_width=spec.bit_width,
         threshold=spec.threshold,
@@ -361,7 +458,20 @@ def _positive(spec: _Good) -> Vector:
         seed=seed,
     )
     inputs = _inputs(seed, config.participants, spec.vector_length, spec.input_bound)
-    return _recorded_session(spec.name, spec.description, config, seed, inputs, spec.dropouts)
+    vector = _recorded_session(spec.name, spec.description, config, seed, inputs, spec.dropouts)
+    if spec.final_states:
+        vector["final_states"] = _final_states(replay_vector(vector).clients)
+    return vector
+
+
+def _final_states(clients: Mapping[int, ClientSession]) -> dict[str, dict[str, str | None]]:
+    return {
+        str(u): {
+            "state": c.round.value,
+            "abort_reason": c.abort_reason.value if c.abort_reason is not None else None,
+        }
+        for u, c in sorted(clients.items())
+    }
 
 
 def _recorded_session(
@@ -392,52 +502,79 @@ def _encoding_rng_seed(seed: bytes, client: int) -> bytes:
     return seed + b"/encoding/" + client.to_bytes(4, "big")
 
 
+# The service's binding (secagg/orchestrator.py): task 7, round 3.
+_ENCODING_TASK: Final = 7
+_ENCODING_ROUND: Final = 3
+
+
 def _fixed_point() -> Vector:
     name = "fixed_point_encoding"
     seed = _SEED_PREFIX + name.encode()
     n, d = 5, 7
     enc = _ENCODING
-    bits = enc.required_bit_width(n)
-    config = make_config(n, d + 1, bit_width=bits, seed=seed)
+    round_enc = RoundEncoding(enc)
+    bits = round_enc.required_bit_width(n)
+    context = session_context(_ENCODING_TASK, _ENCODING_ROUND, round_enc.context())
+    config = make_config(n, round_enc.vector_length(d), bit_width=bits, seed=seed, context=context)
     floats: dict[int, list[float]] = {}
     weights: dict[int, int] = {}
+    metrics: dict[int, EvalSums] = {}
     encoded: dict[int, list[int]] = {}
     for u in config.participants:
-        raw = DeterministicRandom(seed + b"/floats/" + u.to_bytes(4, "big")).random_bytes(2 * d + 1)
+        raw = DeterministicRandom(seed + b"/floats/" + u.to_bytes(4, "big")).random_bytes(2 * d + 4)
         # Values in [-1.2, 1.2] with three decimals: some get clipped.
         floats[u] = [
             (int.from_bytes(raw[2 * i : 2 * i + 2], "little") % 2401 - 1200) / 1000
             for i in range(d)
         ]
         weights[u] = 1 + raw[2 * d] % enc.max_weight
-        vec = enc.encode(
+        count = 1 + raw[2 * d + 1] % 200
+        correct = raw[2 * d + 2] % (count + 1)
+        metrics[u] = EvalSums(correct, count, (raw[2 * d + 3] % 64) / 8)
+        vec = round_enc.encode(
             np.asarray(floats[u], dtype=np.float64),
             weights[u],
+            metrics[u],
             DeterministicRandom(_encoding_rng_seed(seed, u)),
         )
         encoded[u] = _int_list(vec)
     dropouts = {3: _R2}
     vector = _recorded_session(
         name,
-        "FixedPointEncoding (clip 1.0, scale 256, max weight 100) of float vectors with "
-        "integer weights; the weight is the last slot. b = required_bit_width(5) = "
-        f"{bits}. Client 3 drops in round 2.",
+        "The service's RoundEncoding (FixedPointEncoding clip 1.0, scale 256, max weight 100, "
+        "then the weight and three evaluation slots) of float vectors with integer weights "
+        "and evaluation sums; the configuration's context is the service's "
+        f"session_context(task {_ENCODING_TASK}, round {_ENCODING_ROUND}, "
+        f"RoundEncoding.context()) (§11). b = required_bit_width(5) = {bits}. "
+        "Client 3 drops in round 2.",
         config,
         seed,
         encoded,
         dropouts,
     )
-    mean, total_weight = enc.decode(np.asarray(vector["result"]["aggregate"], dtype=np.int64))
+    mean, total_weight, sums = round_enc.decode(
+        np.asarray(vector["result"]["aggregate"], dtype=np.int64)
+    )
     vector["encoding"] = {
         "clip": enc.clip,
         "scale": enc.scale,
         "max_weight": enc.max_weight,
-        "rounding": "encode(x, weight, DeterministicRandom(seed || '/encoding/' || u32be(id)))",
+        "max_eval_examples": round_enc.max_eval_examples,
+        "max_example_loss": round_enc.max_example_loss,
+        "loss_scale": round_enc.loss_scale,
+        "task_id": _ENCODING_TASK,
+        "round_number": _ENCODING_ROUND,
+        "context": context.hex(),
+        "rounding": "encode(x, weight, metrics, DeterministicRandom(seed || '/encoding/' || "
+        "u32be(id)))",
         "clients": [
             {
                 "id": u,
                 "x": floats[u],
                 "weight": weights[u],
+                "correct": metrics[u].correct,
+                "count": metrics[u].count,
+                "loss_sum": metrics[u].loss_sum,
                 "rounding_rng_seed": _encoding_rng_seed(seed, u).hex(),
                 "encoded": encoded[u],
             }
@@ -445,6 +582,7 @@ def _fixed_point() -> Vector:
         ],
         "decoded_mean": [float(m) for m in mean],
         "total_weight": total_weight,
+        "decoded_eval": [sums.correct, sums.count, sums.loss_sum],
     }
     return vector
 
@@ -486,28 +624,38 @@ class _Recorder:
         self.steps: list[dict[str, Any]] = []
         self.pending: dict[int, bytes] = {}
         self.batch_round = Round.R0_ADVERTISE_KEYS
+        self.closing_round = Round.R0_ADVERTISE_KEYS
         self._started = False
 
     def start_all(self) -> None:
         self._started = True
         for u, c in self.clients.items():
-            if not _gone(self.dropouts, u, Round.R0_ADVERTISE_KEYS):
+            if not dropped_by(self.dropouts, u, Round.R0_ADVERTISE_KEYS):
                 self.pending[u] = c.start()
 
-    def send(self, u: int) -> bytes:
+    def send(self, u: int, deviate: Callable[[bytes], bytes] | None = None) -> bytes:
+        """Deliver client ``u``'s pending reply; ``deviate`` replaces it (a lying client)."""
         data = self.pending.pop(u)
-        self.steps.append(_step(len(self.steps), self.server.round, "to_server", u, data))
+        step = _step(len(self.steps), self.server.round, "to_server", u, data)
+        if deviate is not None:
+            data = deviate(data)
+            step = _step(len(self.steps), self.server.round, "to_server", u, data)
+            step["deviating"] = True
+        self.steps.append(step)
         self.server.receive(data)
         return data
 
     def advance(self) -> dict[int, bytes]:
+        self.closing_round = self.server.round
         out = self.server.advance()
         self.batch_round = self.server.round
         return out
 
     def deliver(self, u: int, data: bytes) -> None:
         self.steps.append(_step(len(self.steps), self.batch_round, "to_client", u, data))
-        if _gone(self.dropouts, u, self.batch_round):
+        # An Abort closing round r still reaches the clients that drop only later.
+        heard_in = self.closing_round if self.batch_round is Round.ABORTED else self.batch_round
+        if dropped_by(self.dropouts, u, heard_in):
             return
         reply = self.clients[u].receive(data)
         if reply is not None:
@@ -518,6 +666,19 @@ class _Recorder:
             self.deliver(u, data)
             if u in self.pending:
                 self.send(u)
+
+    def run_all(self, deviations: Mapping[tuple[Round, int], Callable[[bytes], bytes]]) -> None:
+        """Run to the end (``COMPLETED`` or ``ABORTED``); in round ``r`` client ``u``'s
+        message is replaced by ``deviations[(r, u)](honest bytes)``."""
+        self.start_all()
+        for u in sorted(self.pending):
+            self.send(u, deviations.get((self.server.round, u)))
+        while self.server.round not in TERMINAL:
+            out = self.advance()
+            for u, data in out.items():
+                self.deliver(u, data)
+                if u in self.pending:
+                    self.send(u, deviations.get((self.server.round, u)))
 
     def run_to(self, target: Round) -> dict[int, bytes]:
         """Run honestly until the server has just entered ``target``; return its
@@ -843,6 +1004,179 @@ def _malformed_to_client(r: _Recorder) -> None:
     r.offend_client(1, _MALFORMED, AbortReason.MALFORMED_MESSAGE)
 
 
+# Two invariants broken by one message: the check order of §12 decides the reason.
+
+
+def _order_own_keys_then_neighbour(r: _Recorder) -> None:
+    out = r.run_to(_R1)
+    nbrs = r.config.neighbour_graph.neighbours(1)
+    stranger = next(u for u in r.config.participants if u != 1 and u not in nbrs)
+    theirs = next(e for e in _decode(out[stranger], KeyDirectory).entries if e.sender == stranger)
+    mine: KeyDirectory = _decode(out[1], KeyDirectory)
+    entries = [
+        dataclasses.replace(e, mask_public_key=b"\x09" * 32) if e.sender == 1 else e
+        for e in mine.entries
+    ]
+    entries = sorted([*entries, theirs], key=lambda e: e.sender)
+    r.offend_client(1, _tamper(out[1], entries=tuple(entries)), AbortReason.OWN_KEYS_NOT_ECHOED)
+
+
+def _order_session_then_recipient(r: _Recorder) -> None:
+    out = r.run_to(_R1)
+    r.offend_client(1, _tamper(out[2], session_id=b"\x07" * 32), AbortReason.WRONG_SESSION)
+
+
+def _order_recipient_then_round(r: _Recorder) -> None:
+    r.run_to(_R1)
+    early = UnmaskRequest(r.sid, 2, r.config.participants, ()).encode()
+    r.offend_client(1, early, AbortReason.WRONG_RECIPIENT)
+
+
+def _order_duplicate_then_signature(r: _Recorder) -> None:
+    out = r.run_to(_R1)
+    d: KeyDirectory = _decode(out[1], KeyDirectory)
+    entries = list(d.entries)
+    # Client 4's mask key replaced by client 3's: a duplicate, and client 4's
+    # signature no longer covers its entry.
+    entries[3] = dataclasses.replace(entries[3], mask_public_key=entries[2].mask_public_key)
+    r.offend_client(1, _tamper(out[1], entries=tuple(entries)), AbortReason.DUPLICATE_KEYS)
+
+
+def _order_stranger_then_threshold(r: _Recorder) -> None:
+    out = r.run_to(_R2)
+    b: ShareBundle = _decode(out[1], ShareBundle)
+    # One ciphertext, from a client that is not in the directory (id 9 is no participant).
+    cts = ((9, b.ciphertexts[0][1]),)
+    r.offend_client(1, _tamper(out[1], ciphertexts=cts), AbortReason.NOT_A_NEIGHBOUR)
+
+
+def _order_overlap_then_threshold(r: _Recorder) -> None:
+    out, _ = _unmask_request(r)
+    survivors = (1, 2)
+    dropped = tuple(u for u in r.config.participants if u != 1)
+    r.offend_client(
+        1,
+        _tamper(out[1], survivors=survivors, dropped=dropped),
+        AbortReason.SURVIVORS_DROPPED_OVERLAP,
+    )
+
+
+def _order_survivor_check_then_signatures(r: _Recorder) -> None:
+    out, req = _unmask_request(r)
+    # The signed set is changed (inconsistent_survivors) and every signature is
+    # forged (bad_signature): the survivor check (step 2) comes first.
+    last = req.survivors[-1]
+    forged = tuple((s, bytes(64)) for s, _ in req.signatures)
+    r.offend_client(
+        1,
+        _tamper(
+            out[1],
+            survivors=req.survivors[:-1],
+            dropped=tuple(sorted({*req.dropped, last})),
+            signatures=forged,
+        ),
+        AbortReason.INCONSISTENT_SURVIVORS,
+    )
+
+
+def _completed_wrong_session(r: _Recorder) -> None:
+    out, _ = _unmask_request(r)
+    r.deliver(1, out[1])
+    r.send(1)
+    r.offend_client(1, _tamper(out[1], session_id=b"\x07" * 32), AbortReason.WRONG_SESSION)
+
+
+def _completed_malformed(r: _Recorder) -> None:
+    out, _ = _unmask_request(r)
+    r.deliver(1, out[1])
+    r.send(1)
+    r.offend_client(1, _MALFORMED, AbortReason.MALFORMED_MESSAGE)
+
+
+def _completed_other_message(r: _Recorder) -> None:
+    out, _ = _unmask_request(r)
+    r.deliver(1, out[1])
+    r.send(1)
+    late = ShareBundle(r.sid, 1, ()).encode()
+    r.offend_client(1, late, AbortReason.WRONG_ROUND)
+
+
+def _order_server_session_then_replay(r: _Recorder) -> None:
+    r.start_all()
+    first = r.send(1)
+    r.offend_server(1, _tamper(first, session_id=bytes(32)), AbortReason.WRONG_SESSION)
+
+
+def _order_server_round_then_sender(r: _Recorder) -> None:
+    r.start_all()
+    r.send(1)
+    # A ShareKeys in round 0, in the name of a non-participant.
+    r.offend_server(9, ShareKeys(r.sid, 9, bytes(32), ()).encode(), AbortReason.WRONG_ROUND)
+
+
+def _order_server_replay_then_length(r: _Recorder) -> None:
+    out = r.run_to(_R2)
+    r.deliver(1, out[1])
+    first = r.send(1)
+    r.offend_server(1, _tamper(first, masked=b"\x00" * 3), AbortReason.REPLAYED_MESSAGE)
+
+
+def _order_server_signature_then_key(r: _Recorder) -> None:
+    r.start_all()
+    r.send(1)
+    msg: AdvertiseKeys = _decode(r.pending[2], AdvertiseKeys)
+    bad = AdvertiseKeys(r.sid, dataclasses.replace(msg.keys, mask_public_key=bytes(32)))
+    r.offend_server(2, bad.encode(), AbortReason.BAD_SIGNATURE)
+
+
+# Witnesses: the second violation of each order case, alone, on a fresh
+# recorder. The generator checks that it is refused with also_violates[0], so
+# every vector's also_violates names a real violation, not a claim.
+
+
+def _witness_recipient_alone(r: _Recorder) -> None:
+    r.run_to(_R1)
+    r.offend_client(
+        1, UnmaskRequest(r.sid, 1, r.config.participants, ()).encode(), AbortReason.WRONG_ROUND
+    )
+
+
+def _witness_signature_alone(r: _Recorder) -> None:
+    out = r.run_to(_R1)
+    d: KeyDirectory = _decode(out[1], KeyDirectory)
+    entries = list(d.entries)
+    entries[3] = dataclasses.replace(entries[3], mask_public_key=b"\x05" * 32)
+    r.offend_client(1, _tamper(out[1], entries=tuple(entries)), AbortReason.BAD_SIGNATURE)
+
+
+def _witness_threshold_alone(r: _Recorder) -> None:
+    out = r.run_to(_R2)
+    b: ShareBundle = _decode(out[1], ShareBundle)
+    r.offend_client(1, _tamper(out[1], ciphertexts=b.ciphertexts[:1]), AbortReason.BELOW_THRESHOLD)
+
+
+def _witness_signatures_alone(r: _Recorder) -> None:
+    out, req = _unmask_request(r)
+    forged = tuple((s, bytes(64)) for s, _ in req.signatures)
+    r.offend_client(1, _tamper(out[1], signatures=forged), AbortReason.BAD_SIGNATURE)
+
+
+def _witness_sender_alone(r: _Recorder) -> None:
+    r.run_to(_R1)
+    r.offend_server(9, ShareKeys(r.sid, 9, bytes(32), ()).encode(), AbortReason.WRONG_SENDER)
+
+
+def _witness_small_order_alone(r: _Recorder) -> None:
+    r.start_all()
+    r.send(1)
+    keys: AdvertisedKeys = _decode(r.pending[2], AdvertiseKeys).keys
+    signed = ed25519_sign(
+        identity_secret(2), advertise_payload(r.sid, 2, keys.cipher_public_key, bytes(32))
+    )
+    bad = dataclasses.replace(keys, mask_public_key=bytes(32), signature=signed)
+    r.offend_server(2, AdvertiseKeys(r.sid, bad).encode(), AbortReason.INVALID_PUBLIC_KEY)
+
+
 @dataclass(frozen=True)
 class _Bad:
     name: str
@@ -854,6 +1188,8 @@ class _Bad:
     threshold: int | None = None
     mode: Mode = Mode.SEMI_HONEST
     dropouts: Mapping[int, Round] = field(default_factory=dict)
+    also_violates: tuple[AbortReason, ...] = ()
+    witness: Callable[[_Recorder], None] | None = None  # also_violates[0] alone
 
 
 _UNMASK_STAGE: Final = {5: _R2}  # client 5 drops before sending its masked input
@@ -1054,6 +1390,129 @@ _NEGATIVE: Final = (
         "directory.",
         _malformed_to_client,
     ),
+    # -- check order (§12.11): one message, two violations, one defined reason.
+    _Bad(
+        "order_own_keys_before_neighbour",
+        "SecAgg+ (Harary, 10 clients, degree 4): client 1's key directory alters client 1's "
+        "own mask key AND adds a non-neighbour's entry; §12.5 step 1 comes before step 2.",
+        _order_own_keys_then_neighbour,
+        num_clients=10,
+        graph=GraphKind.HARARY,
+        degree=4,
+        threshold=3,
+        also_violates=(AbortReason.NOT_A_NEIGHBOUR,),
+        witness=_non_neighbour_keys,
+    ),
+    _Bad(
+        "order_session_before_recipient",
+        "Client 1 receives client 2's key directory with another session id: §12.1 client "
+        "step 4 (session) comes before step 6 (recipient).",
+        _order_session_then_recipient,
+        also_violates=(AbortReason.WRONG_RECIPIENT,),
+        witness=_wrong_recipient,
+    ),
+    _Bad(
+        "order_recipient_before_round",
+        "Client 1, waiting for its key directory, receives an unmasking request addressed "
+        "to client 2: §12.1 client step 6 (recipient) comes before step 7 (round).",
+        _order_recipient_then_round,
+        also_violates=(AbortReason.WRONG_ROUND,),
+        witness=_witness_recipient_alone,
+    ),
+    _Bad(
+        "order_duplicate_before_signature",
+        "Active mode: client 1's key directory gives client 4 client 3's mask key, which "
+        "also breaks client 4's signature: §12.5 step 3 (duplicates) comes before step 4.",
+        _order_duplicate_then_signature,
+        mode=Mode.ACTIVE,
+        also_violates=(AbortReason.BAD_SIGNATURE,),
+        witness=_witness_signature_alone,
+    ),
+    _Bad(
+        "order_neighbour_before_threshold",
+        "Client 1's share bundle holds a single ciphertext, from id 9, which is not in its "
+        "directory: §12.6 step 1 (senders) comes before step 2 (threshold).",
+        _order_stranger_then_threshold,
+        also_violates=(AbortReason.BELOW_THRESHOLD,),
+        witness=_witness_threshold_alone,
+    ),
+    _Bad(
+        "order_overlap_before_threshold",
+        "Client 1's unmasking request names survivors {1, 2} (below the threshold 3) and "
+        "lists client 2 as dropped too: §12.9 step 1 (overlap) comes before step 2.",
+        _order_overlap_then_threshold,
+        dropouts=_UNMASK_STAGE,
+        also_violates=(AbortReason.BELOW_THRESHOLD, AbortReason.INCONSISTENT_SURVIVORS),
+        witness=_below_threshold_survivors,
+    ),
+    _Bad(
+        "order_survivors_before_signatures",
+        "Active mode: client 1's unmasking request changes the survivor set client 1 signed "
+        "and forges every consistency signature: §12.9 step 2 (survivor check) comes before "
+        "step 3 (signatures).",
+        _order_survivor_check_then_signatures,
+        mode=Mode.ACTIVE,
+        dropouts=_UNMASK_STAGE,
+        also_violates=(AbortReason.BAD_SIGNATURE,),
+        witness=_witness_signatures_alone,
+    ),
+    _Bad(
+        "completed_wrong_session",
+        "Client 1 has completed; an unmasking request with another session id is refused "
+        "with wrong_session (§12.1 step 4 comes before the second-request rule of step 7) "
+        "and the client stays completed.",
+        _completed_wrong_session,
+        dropouts=_UNMASK_STAGE,
+        also_violates=(AbortReason.SECOND_UNMASK_REQUEST,),
+        witness=_second_unmask_request,
+    ),
+    _Bad(
+        "completed_malformed_bytes",
+        "Client 1 has completed; undecodable bytes are refused (malformed_message) and the "
+        "client stays completed.",
+        _completed_malformed,
+        dropouts=_UNMASK_STAGE,
+    ),
+    _Bad(
+        "completed_other_message",
+        "Client 1 has completed; a share bundle is refused (wrong_round) and the client "
+        "stays completed.",
+        _completed_other_message,
+        dropouts=_UNMASK_STAGE,
+    ),
+    _Bad(
+        "order_server_session_before_replay",
+        "The server receives client 1's round-0 message again, with another session id: "
+        "§12.1 server step 4 (session) comes before step 6 (replay).",
+        _order_server_session_then_replay,
+        also_violates=(AbortReason.REPLAYED_MESSAGE,),
+        witness=_replayed_client_message,
+    ),
+    _Bad(
+        "order_server_round_before_sender",
+        "In round 0 the server receives a ShareKeys from id 9, no participant: §12.1 server "
+        "step 5 (round) comes before step 7 (sender).",
+        _order_server_round_then_sender,
+        also_violates=(AbortReason.WRONG_SENDER,),
+        witness=_witness_sender_alone,
+    ),
+    _Bad(
+        "order_server_replay_before_length",
+        "In round 2 client 1's masked input arrives again, 3 bytes long: §12.1 server step 6 "
+        "(replay) comes before the R2 length check.",
+        _order_server_replay_then_length,
+        also_violates=(AbortReason.WRONG_VECTOR_LENGTH,),
+        witness=_wrong_vector_length,
+    ),
+    _Bad(
+        "order_server_signature_before_key",
+        "Active mode: client 2's round-0 message advertises the all-zero (small-order) mask "
+        "key under its original signature: §12.4 step 1 (signature) comes before step 2.",
+        _order_server_signature_then_key,
+        mode=Mode.ACTIVE,
+        also_violates=(AbortReason.INVALID_PUBLIC_KEY,),
+        witness=_witness_small_order_alone,
+    ),
 )
 
 
@@ -1072,6 +1531,12 @@ def _negative(spec: _Bad) -> Vector:
         seed=seed,
     )
     inputs = _inputs(seed, config.participants, length, 1000)
+    if spec.witness is not None:
+        # offend_* raise AssertionError unless refused with also_violates[0].
+        assert spec.also_violates, spec.name
+        witness = _Recorder(config, seed, inputs, spec.dropouts)
+        spec.witness(witness)
+        assert witness.steps[-1]["abort_reason"] == spec.also_violates[0].value, spec.name
     recorder = _Recorder(config, seed, inputs, spec.dropouts)
     spec.build(recorder)
     last = recorder.steps[-1]
@@ -1081,6 +1546,88 @@ def _negative(spec: _Bad) -> Vector:
     vector["success"] = False
     vector["party"] = last["party"]
     vector["abort_reason"] = last["abort_reason"]
+    if spec.also_violates:
+        vector["also_violates"] = [r.value for r in spec.also_violates]
+    return vector
+
+
+# ---------------------------------------------------------------------------
+# Sessions the server aborts: every message is accepted (``"success": true``),
+# then an advance() check fails and the server sends ``Abort`` (§12.1, §15).
+# ---------------------------------------------------------------------------
+
+
+def _wrong_self_mask_share(data: bytes) -> bytes:
+    """An UnmaskResponse whose first self-mask share is off by one (still < p)."""
+    msg: UnmaskResponse = _decode(data, UnmaskResponse)
+    (owner, share), *rest = msg.self_mask_shares
+    wrong = encode_share((decode_share(share) + 1) % FIELD_PRIME)
+    return _tamper(data, self_mask_shares=((owner, wrong), *rest))
+
+
+@dataclass(frozen=True)
+class _Abort:
+    name: str
+    description: str
+    reason: AbortReason
+    num_clients: int = 5
+    threshold: int | None = None
+    mode: Mode = Mode.SEMI_HONEST
+    dropouts: Mapping[int, Round] = field(default_factory=dict)
+    deviations: Mapping[tuple[Round, int], Callable[[bytes], bytes]] = field(default_factory=dict)
+
+
+_ABORTED: Final = (
+    _Abort(
+        "abort_below_threshold",
+        "Complete graph, 5 clients, threshold 3; clients 3, 4 and 5 drop in round 2, so only "
+        "2 masked inputs arrive: the server's round-2 advance() fails Recoverable "
+        "(below_threshold) and it sends Abort(below_threshold) to the clients of round 2. "
+        "Clients 1 and 2 (waiting in R2_MASKED_INPUT_COLLECTION) end ABORTED with that "
+        "reason; the dropped clients never hear it.",
+        AbortReason.BELOW_THRESHOLD,
+        threshold=3,
+        dropouts={3: _R2, 4: _R2, 5: _R2},
+    ),
+    _Abort(
+        "abort_reconstruction_failed",
+        "Active mode, complete graph, 5 clients, threshold 3. Client 1 deviates in round 4: "
+        'its UnmaskResponse (step marked "deviating") carries a wrong share of client 2\'s '
+        "self-mask seed. The server accepts it (a share cannot be checked alone), "
+        "reconstructs a seed that misses client 2's commitment, aborts with "
+        "reconstruction_failed before removing any mask, and sends Abort to the clients of "
+        "round 4: they have all completed and ignore it (§14.1 rule 5).",
+        AbortReason.RECONSTRUCTION_FAILED,
+        threshold=3,
+        mode=Mode.ACTIVE,
+        deviations={(_R4, 1): _wrong_self_mask_share},
+    ),
+)
+
+
+def _aborted(spec: _Abort) -> Vector:
+    seed = _SEED_PREFIX + spec.name.encode()
+    length = 4
+    config = _config(
+        tuple(range(1, spec.num_clients + 1)),
+        length,
+        bit_width=32,
+        threshold=spec.threshold,
+        graph=GraphKind.COMPLETE,
+        degree=0,
+        mode=spec.mode,
+        seed=seed,
+    )
+    inputs = _inputs(seed, config.participants, length, 1000)
+    recorder = _Recorder(config, seed, inputs, spec.dropouts)
+    recorder.run_all(spec.deviations)
+    assert recorder.server.round is Round.ABORTED, recorder.server.round
+    assert recorder.server.abort_reason is spec.reason, recorder.server.abort_reason
+    vector = _skeleton(spec.name, spec.description, config, seed, inputs, spec.dropouts)
+    vector["transcript"] = recorder.steps
+    vector["success"] = True
+    vector["server_abort"] = {"abort_reason": spec.reason.value}
+    vector["final_states"] = _final_states(recorder.clients)
     return vector
 
 
@@ -1088,7 +1635,10 @@ def generate_all() -> dict[str, Vector]:
     """Every test vector, keyed by file name (``<name>.json``)."""
     vectors = [_positive(s) for s in _POSITIVE]
     vectors.append(_fixed_point())
+    vectors.extend(_aborted(s) for s in _ABORTED)
     vectors.extend(_negative(s) for s in _NEGATIVE)
+    vectors.append(decoding_vector())
+    vectors.append(parameter_vector())
     out: dict[str, Vector] = {}
     for v in vectors:
         file_name = f"{v['name']}.json"
@@ -1098,441 +1648,169 @@ def generate_all() -> dict[str, Vector]:
 
 
 # ---------------------------------------------------------------------------
-# Replay.
+# Decoding vectors: messages-v1.md §1, one input per way of breaking the subset.
 # ---------------------------------------------------------------------------
 
+_SID0: Final = "5820" + "00" * 32
+# (case, hex, expected message type name or None for "refused: malformed_message").
+# Written by hand from messages-v1.md §1 and §3; the generator asserts that the
+# reference decoder agrees with every row.
+_DECODING_CASES: Final[tuple[tuple[str, str, str | None], ...]] = (
+    ("valid MaskedInput", f"8404{_SID0}014101", "MaskedInput"),
+    ("valid ConsistencyRequest", f"8405{_SID0}018101", "ConsistencyRequest"),
+    ("valid Abort", f"8309{_SID0}6963616e63656c6c6564", "Abort"),
+    ("valid id 24 (1-byte head)", f"8405{_SID0}1818811818", "ConsistencyRequest"),
+    ("valid id 300 (2-byte head)", f"8405{_SID0}19012c8119012c", "ConsistencyRequest"),
+    (
+        "valid id 2^32-1 (4-byte head)",
+        f"8405{_SID0}1affffffff811affffffff",
+        "ConsistencyRequest",
+    ),
+    ("non-minimal integer head: 1 as 1801", f"8404{_SID0}18014101", None),
+    ("non-minimal integer head: 24 as 190018", f"8405{_SID0}190018811818", None),
+    ("non-minimal integer head: 300 as 1a0000012c", f"8405{_SID0}1a0000012c8119012c", None),
+    ("non-minimal integer head: 1 as 1b00..01", f"8404{_SID0}1b00000000000000014101", None),
+    ("non-minimal message type: 4 as 1804", f"841804{_SID0}014101", None),
+    ("non-minimal byte-string length head", f"8404{_SID0}01580101", None),
+    ("non-minimal session-id length head", "8404590020" + "00" * 32 + "014101", None),
+    ("non-minimal array length head", f"8405{_SID0}01980101", None),
+    ("non-minimal outer array head", "9804" + f"04{_SID0}014101", None),
+    ("indefinite-length outer array", f"9f04{_SID0}014101ff", None),
+    ("indefinite-length inner array", f"8405{_SID0}019f01ff", None),
+    ("indefinite-length byte string", f"8404{_SID0}015f4101ff", None),
+    ("indefinite-length text string", f"8309{_SID0}7f6963616e63656c6c6564ff", None),
+    ("trailing byte", f"8404{_SID0}01410100", None),
+    ("truncated: last byte missing", f"8404{_SID0}0141", None),
+    ("empty input", "", None),
+    ("byte string longer than the input", f"8404{_SID0}014201", None),
+    ("session id of 33 bytes (overlong)", "84045821" + "00" * 33 + "014101", None),
+    ("session id of 31 bytes", "8404581f" + "00" * 31 + "014101", None),
+    ("wrong major type: session id as text", "84047820" + "41" * 32 + "014101", None),
+    ("wrong major type: sender as byte string", f"8404{_SID0}41014101", None),
+    ("wrong major type: sender negative", f"8404{_SID0}204101", None),
+    ("wrong major type: survivors as byte string", f"8405{_SID0}014101", None),
+    ("wrong major type: masked vector as array", f"8404{_SID0}018101", None),
+    ("wrong major type: abort reason as bytes", f"8309{_SID0}4963616e63656c6c6564", None),
+    ("wrong major type: outer item not an array", "4401020304", None),
+    ("map in a field", f"8404{_SID0}a101014101", None),
+    ("map with unsorted keys", f"8404{_SID0}a2020001004101", None),
+    ("map with duplicate keys", f"8404{_SID0}a2010001014101", None),
+    ("tag", f"8404{_SID0}d9ffff014101", None),
+    ("bignum tag", f"8404{_SID0}c241014101", None),
+    ("half-precision float", f"8404{_SID0}f93c004101", None),
+    ("simple value true", f"8404{_SID0}f54101", None),
+    ("simple value null", f"8404{_SID0}f64101", None),
+    ("id out of range: 2^32", f"8404{_SID0}1b00000001000000004101", None),
+    ("id out of range: 0", f"8404{_SID0}004101", None),
+    ("integer beyond 64 bits (bignum)", f"8404{_SID0}c2490100000000000000004101", None),
+    ("unknown message type 10", f"840a{_SID0}014101", None),
+    ("message type 0", f"8400{_SID0}014101", None),
+    ("extra body field", f"8504{_SID0}01410100", None),
+    ("missing body field", f"8304{_SID0}01", None),
+    ("unknown abort reason", f"8309{_SID0}63666f6f", None),
+    ("invalid UTF-8 in a text string", f"8309{_SID0}62c328", None),
+    ("survivors not strictly increasing", f"8405{_SID0}0182020101", None),
+)
 
-def _field(obj: Any, key: str, kind: type[Any] | tuple[type[Any], ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise VectorMismatch(f"malformed vector: {where} has no {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise VectorMismatch(f"malformed vector: {where}.{key} has the wrong type")
-    return value
+
+def decoding_vector() -> Vector:
+    """Inputs to ``decode_message``, each accepted (as the named type, re-encoding to
+    the same bytes) or refused with ``malformed_message`` (messages-v1.md §1)."""
+    cases: list[dict[str, Any]] = []
+    for name, text, expected in _DECODING_CASES:
+        got = decode_outcome(bytes.fromhex(text))
+        want = expected if expected is not None else "malformed_message"
+        assert got == want, f"decoding case {name!r}: the reference gives {got}, not {want}"
+        cases.append({"name": name, "input": text, "valid": expected is not None, "result": want})
+    return {
+        "format": DECODING_FORMAT,
+        "version": FORMAT_VERSION,
+        "name": "decoding",
+        "description": (
+            "The deterministic CBOR subset of messages-v1.md §1 and the message shapes of §3: "
+            "each input is either accepted (result: the message type, and the decoded "
+            "message re-encodes to the identical bytes) or refused with malformed_message. "
+            "The session id is all zeros: decoding does not check which session a "
+            "message belongs to."
+        ),
+        "cases": cases,
+    }
 
 
-def _hex(obj: Any, key: str, where: str) -> bytes:
-    text = _field(obj, key, str, where)
-    try:
-        return bytes.fromhex(text)
-    except ValueError as exc:
-        raise VectorMismatch(f"malformed vector: {where}.{key} is not hex") from exc
+# ---------------------------------------------------------------------------
+# Parameter vectors: §10, derive_parameters and the complete-graph fallback.
+# ---------------------------------------------------------------------------
+
+_SH, _SM = AdversaryClass.SEMI_HONEST, AdversaryClass.SEMI_MALICIOUS
+# (n, dropout rate, corrupt rate, adversary, security bits, correctness bits)
+_PARAMETER_ROWS: Final[tuple[tuple[int, float, float, AdversaryClass, int, int], ...]] = (
+    # Rows of fcp's graph_parameter_finder_test.cc (both adversary classes).
+    (100, 0.45, 0.45, _SH, 40, 20),
+    (1000, 0.45, 0.45, _SH, 40, 20),
+    (10000, 0.45, 0.45, _SH, 40, 20),
+    (10, 0.33, 0.33, _SH, 40, 20),
+    (1000, 0.33, 0.33, _SH, 40, 20),
+    (100, 0.3, 0.3, _SM, 40, 20),
+    (1000, 0.3, 0.3, _SM, 40, 20),
+    (10000, 0.3, 0.3, _SM, 40, 20),
+    (10, 0.33, 0.05, _SH, 40, 20),
+    (100, 0.33, 0.05, _SH, 40, 20),
+    (10000, 0.33, 0.05, _SH, 40, 20),
+    (10, 0.33, 0.05, _SM, 40, 20),
+    (1000, 0.33, 0.05, _SM, 40, 20),
+    (10, 0.05, 0.33, _SH, 40, 20),
+    (1000, 0.05, 0.33, _SM, 40, 20),
+    (10, 0.05, 0.05, _SH, 40, 20),
+    (100, 0.05, 0.05, _SH, 40, 20),
+    (1000, 0.05, 0.05, _SM, 40, 20),
+    (100, 0.0, 0.33, _SH, 40, 20),
+    (1000, 0.0, 0.33, _SM, 40, 20),
+    (1000, 0.1, 0.0, _SH, 40, 20),
+    # Other security and correctness parameters.
+    (1000, 0.1, 0.1, _SH, 80, 20),
+    (1000, 0.1, 0.1, _SM, 40, 40),
+    # Small cohort where degree 2 still qualifies (n = 8, no dropouts).
+    (8, 0.0, 0.1, _SH, 40, 20),
+    # No degree k < n - 1 qualifies: the complete graph (fcp's fallback), with a
+    # threshold the configuration accepts (t <= n - 1) or not (t = n).
+    (20, 0.45, 0.45, _SH, 40, 20),
+    (10, 0.3, 0.3, _SM, 40, 20),
+    (3, 0.05, 0.05, _SH, 40, 20),
+    (5, 0.2, 0.1, _SM, 40, 20),
+    # Refused: outside the feasibility limits of §10 or the ranges.
+    (100, 0.5, 0.45, _SH, 40, 20),
+    (100, 0.3, 0.35, _SM, 40, 20),
+    (1_000_001, 0.1, 0.1, _SH, 40, 20),
+)
 
 
-def _config_from_vector(vector: Mapping[str, Any]) -> SessionConfig:
-    c = _field(vector, "config", dict, "vector")
-    if c.get("protocol_version") != PROTOCOL_VERSION or c.get("ciphersuite") != CIPHERSUITE:
-        raise VectorMismatch(
-            f"vector is for {c.get('protocol_version')} / {c.get('ciphersuite')}, "
-            f"not {PROTOCOL_VERSION} / {CIPHERSUITE}"
+def parameter_vector() -> Vector:
+    """Rows of §10's derivation: inputs (n, δ, γ, adversary, σ, η) and outcome."""
+    rows = []
+    for n, delta, gamma, adversary, sigma, eta in _PARAMETER_ROWS:
+        rows.append(
+            {
+                "num_clients": n,
+                "dropout_rate": delta,
+                "corrupt_rate": gamma,
+                "adversary": adversary.value,
+                "security_bits": sigma,
+                "correctness_bits": eta,
+                "expected": parameter_outcome(n, delta, gamma, adversary, sigma, eta),
+            }
         )
-    try:
-        config = SessionConfig(
-            participants=tuple(_field(c, "participants", list, "config")),
-            threshold=_field(c, "threshold", int, "config"),
-            vector_length=_field(c, "vector_length", int, "config"),
-            bit_width=_field(c, "bit_width", int, "config"),
-            nonce=_hex(c, "nonce", "config"),
-            mode=Mode(_field(c, "mode", str, "config")),
-            graph=GraphKind(_field(c, "graph", str, "config")),
-            degree=_field(c, "degree", int, "config"),
-            identity_keys=tuple(
-                bytes.fromhex(k) for k in _field(c, "identity_keys", list, "config")
-            ),
-            context=_hex(c, "context", "config"),
-        )
-    except VectorMismatch:
-        raise
-    except Exception as exc:
-        raise VectorMismatch(f"invalid configuration: {exc}") from exc
-    if config.encode() != _hex(vector, "config_encoding", "vector"):
-        raise VectorMismatch(
-            f"config encoding differs: computed {config.encode().hex()}, "
-            f"vector has {vector['config_encoding']}"
-        )
-    if config.session_id != _hex(vector, "session_id", "vector"):
-        raise VectorMismatch(
-            f"session id differs: computed {config.session_id.hex()}, "
-            f"vector has {vector['session_id']}"
-        )
-    return config
-
-
-@dataclass
-class _ClientData:
-    input: list[int]
-    rng_seed: bytes
-    identity_secret: bytes | None
-
-
-def _clients_from_vector(
-    vector: Mapping[str, Any], config: SessionConfig
-) -> dict[int, _ClientData]:
-    seed = _hex(vector, "seed", "vector")
-    graph = config.neighbour_graph
-    out: dict[int, _ClientData] = {}
-    for entry in _field(vector, "clients", list, "vector"):
-        u = _field(entry, "id", int, "client")
-        where = f"client {u}"
-        rng_seed = _hex(entry, "rng_seed", where)
-        if rng_seed != client_rng_seed(seed, u):
-            raise VectorMismatch(f"{where}: rng_seed is not seed || '/client/' || u32be({u})")
-        nbrs = _field(entry, "neighbours", list, where)
-        if nbrs != sorted(graph.neighbours(u)):
-            raise VectorMismatch(
-                f"{where}: neighbours differ: computed {sorted(graph.neighbours(u))}, "
-                f"vector has {nbrs}"
-            )
-        ident: bytes | None = None
-        if config.mode is Mode.ACTIVE:
-            ident = _hex(entry, "identity_secret", where)
-            public = _hex(entry, "identity_public_key", where)
-            if ed25519_public_key(ident) != public or public != config.identity_key(u):
-                raise VectorMismatch(f"{where}: identity key does not match the configuration")
-        values = _field(entry, "input", list, where)
-        if len(values) != config.vector_length or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in values
-        ):
-            raise VectorMismatch(f"{where}: input must be {config.vector_length} integers")
-        out[u] = _ClientData(values, rng_seed, ident)
-    if sorted(out) != list(config.participants):
-        raise VectorMismatch("clients must list exactly the participants")
-    return out
-
-
-def _dropouts_from_vector(vector: Mapping[str, Any]) -> dict[int, Round]:
-    raw = _field(vector, "dropouts", dict, "vector")
-    try:
-        drops = {int(u): Round(r) for u, r in raw.items()}
-    except ValueError as exc:
-        raise VectorMismatch(f"malformed vector: dropouts: {exc}") from exc
-    if any(r not in _DROP_ORDER for r in drops.values()):
-        raise VectorMismatch("malformed vector: a dropout round must be R0 .. R4")
-    return drops
-
-
-def _check_encoding(vector: Mapping[str, Any], clients: Mapping[int, _ClientData]) -> None:
-    enc_data = vector.get("encoding")
-    if enc_data is None:
-        return
-    try:
-        enc = FixedPointEncoding(
-            clip=enc_data["clip"], scale=enc_data["scale"], max_weight=enc_data["max_weight"]
-        )
-        for entry in enc_data["clients"]:
-            u = entry["id"]
-            got = _int_list(
-                enc.encode(
-                    np.asarray(entry["x"], dtype=np.float64),
-                    entry["weight"],
-                    DeterministicRandom(bytes.fromhex(entry["rounding_rng_seed"])),
-                )
-            )
-            if got != entry["encoded"]:
-                raise VectorMismatch(
-                    f"encoding of client {u}: computed {got}, vector has {entry['encoded']}"
-                )
-            if got != clients[u].input:
-                raise VectorMismatch(f"client {u}: input is not its encoded vector")
-        total = np.asarray(vector["result"]["aggregate"], dtype=np.int64)
-        mean, weight = enc.decode(total)
-        if [float(m) for m in mean] != enc_data["decoded_mean"] or weight != enc_data[
-            "total_weight"
-        ]:
-            raise VectorMismatch(
-                f"decoded mean differs: computed {[float(m) for m in mean]} / {weight}"
-            )
-    except VectorMismatch:
-        raise
-    except Exception as exc:
-        raise VectorMismatch(f"encoding section: {type(exc).__name__}: {exc}") from exc
-
-
-class _Replay:
-    """Fresh clients fed the recorded server messages, a fresh server fed the recorded
-    client messages; each side's output is compared with the recording."""
-
-    def __init__(
-        self,
-        config: SessionConfig,
-        clients: Mapping[int, _ClientData],
-        dropouts: Mapping[int, Round],
-    ) -> None:
-        self.config = config
-        self.dropouts = dropouts
-        self.clients = {
-            u: ClientSession(
-                config,
-                u,
-                np.asarray(d.input, dtype=np.int64),
-                rng=DeterministicRandom(d.rng_seed),
-                identity_key=d.identity_secret,
-            )
-            for u, d in clients.items()
-        }
-        self.server = ServerSession(config)
-        self.pending: dict[int, bytes] = {}
-        self.batch: dict[int, bytes] | None = None
-        self.batch_round: Round | None = None
-        self.batch_seen: set[int] = set()
-        for u, c in self.clients.items():
-            if not _gone(dropouts, u, Round.R0_ADVERTISE_KEYS):
-                self.pending[u] = c.start()
-
-    def to_server(self, u: int, rnd: Round, data: bytes) -> None:
-        # The client's side: it must have sent exactly these bytes.
-        if u not in self.pending:
-            raise VectorMismatch(f"client {u} has nothing to send here")
-        mine = self.pending.pop(u)
-        if mine != data:
-            raise VectorMismatch(
-                f"client {u}'s {_type_name(mine)} differs from the vector's: {_diff(mine, data)}"
-            )
-        # The server's side.
-        if self.server.round is not rnd:
-            raise VectorMismatch(f"the server is in {self.server.round.value}, not {rnd.value}")
-        self.server.receive(data)
-
-    def _close_batch(self) -> None:
-        if self.batch is not None and self.batch_seen != set(self.batch):
-            missing = sorted(set(self.batch) - self.batch_seen)
-            raise VectorMismatch(
-                f"the server also sent to clients {missing} in {self.batch_round}, "
-                "which the vector omits"
-            )
-
-    def to_client(self, u: int, rnd: Round, data: bytes) -> None:
-        # The server's side: a new round label means it advanced.
-        if self.batch_round is not rnd:
-            self._close_batch()
-            self.batch = self.server.advance()
-            self.batch_round = self.server.round
-            self.batch_seen = set()
-            if self.server.round is not rnd:
-                detail = (
-                    f" ({self.server.abort_reason}: {self.server.abort_detail})"
-                    if self.server.abort_reason
-                    else ""
-                )
-                raise VectorMismatch(
-                    f"the server advanced to {self.server.round.value}{detail}, "
-                    f"the vector says {rnd.value}"
-                )
-        assert self.batch is not None
-        if u not in self.batch or u in self.batch_seen:
-            raise VectorMismatch(f"the server sends no (further) message to client {u}")
-        self.batch_seen.add(u)
-        if self.batch[u] != data:
-            ours = self.batch[u]
-            raise VectorMismatch(
-                f"the server's {_type_name(ours)} to client {u} differs from the vector's: "
-                f"{_diff(ours, data)}"
-            )
-        # The client's side.
-        if _gone(self.dropouts, u, rnd):
-            return
-        if u in self.pending:
-            raise VectorMismatch(f"client {u}'s previous reply is missing from the vector")
-        reply = self.clients[u].receive(data)
-        if reply is not None:
-            self.pending[u] = reply
-
-    def finish(self) -> None:
-        self._close_batch()
-        if self.pending:
-            raise VectorMismatch(f"replies of clients {sorted(self.pending)} are missing")
-        if self.server.round not in TERMINAL:
-            out = self.server.advance()
-            if out:
-                raise VectorMismatch(f"the server sends more messages, to {sorted(out)}")
-        if self.server.round is not Round.COMPLETED:
-            raise VectorMismatch(
-                f"the server ends in {self.server.round.value} "
-                f"({self.server.abort_reason}: {self.server.abort_detail})"
-            )
-
-
-def _diff(ours: bytes, theirs: bytes) -> str:
-    """Where two messages first differ, with a little hex context around it."""
-    k = next(
-        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
-        min(len(ours), len(theirs)),
-    )
-    lo = max(0, k - 4)
-    return (
-        f"first difference at byte {k} (computed {len(ours)} bytes, vector {len(theirs)}): "
-        f"computed ...{ours[lo : k + 8].hex()}..., vector ...{theirs[lo : k + 8].hex()}..."
-    )
-
-
-def _check_result(
-    vector: Mapping[str, Any],
-    config: SessionConfig,
-    replay: _Replay,
-    clients: Mapping[int, _ClientData],
-) -> None:
-    res = _field(vector, "result", dict, "vector")
-    got = replay.server.result
-    if list(got.survivors) != res.get("survivors") or list(got.dropped) != res.get("dropped"):
-        raise VectorMismatch(
-            f"result: survivors {list(got.survivors)} / dropped {list(got.dropped)}, vector has "
-            f"{res.get('survivors')} / {res.get('dropped')}"
-        )
-    words = _int_list(got.aggregate)
-    if words != res.get("aggregate_mod"):
-        raise VectorMismatch(
-            f"result: aggregate_mod {words}, vector has {res.get('aggregate_mod')}"
-        )
-    signed = _int_list(from_modular(got.aggregate, config.bit_width))
-    if signed != res.get("aggregate"):
-        raise VectorMismatch(f"result: aggregate {signed}, vector has {res.get('aggregate')}")
-    # The vector itself must be right: the sum of the survivors' inputs.
-    plain = sum(
-        (np.asarray(clients[u].input, dtype=object) for u in got.survivors),
-        start=np.zeros(config.vector_length, dtype=object),
-    )
-    expected = [int(x) % (1 << config.bit_width) for x in plain]
-    if expected != words:
-        raise VectorMismatch(f"result: the survivors' inputs sum to {expected} mod 2^b")
-
-
-def _offence(replay: _Replay, step: Mapping[str, Any], where: str) -> None:
-    party = _field(step, "party", str, where)
-    reason = AbortReason(_field(step, "abort_reason", str, where))
-    state_after = Round(_field(step, "state_after", str, where))
-    u = _field(step, "client", int, where)
-    data = _hex(step, "message", where)
-    direction = _field(step, "direction", str, where)
-    rnd = Round(_field(step, "round", str, where))
-    if party == "server":
-        if direction != "to_server":
-            raise VectorMismatch(f"{where}: the server can only refuse a to_server message")
-        if replay.server.round is not rnd:
-            raise VectorMismatch(
-                f"{where}: the server is in {replay.server.round.value}, not {rnd.value}"
-            )
-        target = "the server"
-
-        def deliver() -> None:
-            replay.server.receive(data)
-
-        def state() -> Round:
-            return replay.server.round
-    else:
-        if party != f"client {u}" or direction != "to_client":
-            raise VectorMismatch(f"{where}: party {party!r} does not receive this message")
-        client = replay.clients[u]
-        target = party
-
-        def deliver() -> None:
-            client.receive(data)
-
-        def state() -> Round:
-            return client.round
-
-    try:
-        deliver()
-    except RemoteProtocolError as exc:
-        if exc.reason is not reason:
-            raise VectorMismatch(
-                f"{where}: {target} refuses with {exc.reason.value} ({exc.detail}), "
-                f"the vector expects {reason.value}"
-            ) from exc
-    except Exception as exc:
-        raise VectorMismatch(
-            f"{where}: {target} raises {type(exc).__name__}: {exc}, "
-            f"the vector expects RemoteProtocolError({reason.value})"
-        ) from exc
-    else:
-        raise VectorMismatch(f"{where}: {target} accepts the message; expected {reason.value}")
-    if state() is not state_after:
-        raise VectorMismatch(
-            f"{where}: {target} ends in {state().value}, the vector says {state_after.value}"
-        )
-
-
-def check_vector(vector: Mapping[str, Any]) -> None:
-    """Replay a vector against this implementation.
-
-    Positive vectors: fresh clients (with the vector's deterministic randomness)
-    are fed the recorded server messages and must reply with exactly the
-    recorded bytes; a fresh server is fed the recorded client messages and must
-    send exactly the recorded messages and produce the recorded result.
-    Negative vectors: the prefix is replayed the same way, then the offending
-    message must be refused by the named party with the named abort reason.
-
-    Raises:
-        VectorMismatch: naming the first step that differs (or what is malformed).
-    """
-    if vector.get("format") != FORMAT or vector.get("version") != FORMAT_VERSION:
-        raise VectorMismatch(f"not a {FORMAT} version {FORMAT_VERSION} vector")
-    success = _field(vector, "success", bool, "vector")
-    config = _config_from_vector(vector)
-    clients = _clients_from_vector(vector, config)
-    dropouts = _dropouts_from_vector(vector)
-    if success:
-        _check_encoding(vector, clients)
-    try:
-        replay = _Replay(config, clients, dropouts)
-    except Exception as exc:
-        raise VectorMismatch(f"cannot set up the sessions: {type(exc).__name__}: {exc}") from exc
-    steps = _field(vector, "transcript", list, "vector")
-    for i, step in enumerate(steps):
-        ok = _field(step, "success", bool, f"step {i}")
-        where = (
-            f"step {i} ({step.get('direction')} {step.get('round')} client {step.get('client')} "
-            f"{step.get('type')})"
-        )
-        if _field(step, "step", int, where) != i:
-            raise VectorMismatch(f"{where}: steps must be numbered 0, 1, 2, ...")
-        if not ok:
-            if success or i != len(steps) - 1:
-                raise VectorMismatch(f"{where}: only the last step of a bad_ vector may fail")
-            if (vector.get("party"), vector.get("abort_reason")) != (
-                step.get("party"),
-                step.get("abort_reason"),
-            ):
-                raise VectorMismatch(f"{where}: party / abort_reason differ from the vector's")
-            try:
-                _offence(replay, step, where)
-            except VectorMismatch:
-                raise
-            except Exception as exc:
-                raise VectorMismatch(f"{where}: {type(exc).__name__}: {exc}") from exc
-            return
-        try:
-            _replay_step(replay, step, where)
-        except VectorMismatch as exc:
-            raise VectorMismatch(f"{where}: {exc}") from exc
-        except Exception as exc:
-            raise VectorMismatch(f"{where}: {type(exc).__name__}: {exc}") from exc
-    if not success:
-        raise VectorMismatch("a bad_ vector must end with a step whose success is false")
-    try:
-        replay.finish()
-    except VectorMismatch as exc:
-        raise VectorMismatch(f"after the last step: {exc}") from exc
-    except Exception as exc:
-        raise VectorMismatch(f"after the last step: {type(exc).__name__}: {exc}") from exc
-    _check_result(vector, config, replay, clients)
-
-
-def _replay_step(replay: _Replay, step: Mapping[str, Any], where: str) -> None:
-    u = _field(step, "client", int, where)
-    rnd = Round(_field(step, "round", str, where))
-    data = _hex(step, "message", where)
-    direction = _field(step, "direction", str, where)
-    if direction == "to_server":
-        replay.to_server(u, rnd, data)
-        party_field = "sender"
-    elif direction == "to_client":
-        replay.to_client(u, rnd, data)
-        party_field = "recipient"
-    else:
-        raise VectorMismatch(f"unknown direction {direction!r}")
-    # Both sides agreed on the bytes; the labels must describe them.
-    msg = decode_message(data)
-    if msg.TYPE.name != step.get("type"):
-        raise VectorMismatch(f"the message is a {msg.TYPE.name}")
-    if getattr(msg, party_field, None) != u:
-        raise VectorMismatch(f"the message's {party_field} is {getattr(msg, party_field, None)}")
+    return {
+        "format": PARAMETER_FORMAT,
+        "version": FORMAT_VERSION,
+        "name": "parameters",
+        "description": (
+            "secagg-v1.md §10: derive_parameters(n, dropout_rate, corrupt_rate, adversary, "
+            "security_bits, correctness_bits). expected.graph = 'harary' with degree k and "
+            "threshold t; or, when no even k < n - 1 qualifies, 'complete' with degree "
+            "n - 1 and complete_graph_threshold (config_accepts: whether SessionConfig "
+            "accepts t <= n - 1, see §19 item 1), or refused: true if that threshold fails "
+            "its checks; graph null and refused: true when the inputs are outside §10's "
+            "limits."
+        ),
+        "rows": rows,
+    }

@@ -25,6 +25,7 @@ import ast
 import hashlib
 import hmac
 import importlib
+import json
 import operator
 import re
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from protocol._state import (
     Round,
     client_after_abort,
 )
+from protocol.client import ClientSession
 from protocol.config import PROTOCOL_VERSION, GraphKind, Mode, SessionConfig
 from protocol.crypto import (
     CIPHERSUITE,
@@ -56,13 +58,14 @@ from protocol.crypto import (
     x25519_is_valid_public,
 )
 from protocol.encoding import pack_bits, to_modular
-from protocol.errors import AbortReason, RemoteProtocolError
+from protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from protocol.messages import (
     _BODY_LENGTHS,
     MAX_ID,
     Abort,
     AdvertisedKeys,
     AdvertiseKeys,
+    ConsistencyRequest,
     MaskedInput,
     MessageType,
     ShareBundle,
@@ -769,6 +772,158 @@ def check_code_quotes(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# §12.1, §12.11, §12.12: terminal clients, Abort, check order (executable).
+# ---------------------------------------------------------------------------
+
+_CLIENT_INPUT = np.arange(4, dtype=np.int64)
+
+
+def _clients_until(mode: Mode, target: Round | None) -> tuple[SessionConfig, ClientSession]:
+    """Client 1 of an honest 5-client session, stopped once it is in ``target``
+    (``None``: created, not started)."""
+    config = make_config(5, 4, mode=mode, threshold=3, seed=b"spec-terminal")
+    clients = {
+        u: ClientSession(
+            config,
+            u,
+            _CLIENT_INPUT,
+            rng=DeterministicRandom(b"spec-terminal/%d" % u),
+            identity_key=identity_secret(u) if mode is Mode.ACTIVE else None,
+        )
+        for u in config.participants
+    }
+    if target is None:
+        return config, clients[1]
+    server = ServerSession(config)
+    for c in clients.values():
+        server.receive(c.start())
+    while clients[1].round is not target:
+        for u, data in server.advance().items():
+            reply = clients[u].receive(data)
+            if reply is not None:
+                server.receive(reply)
+    return config, clients[1]
+
+
+def _outcome(client: ClientSession, data: bytes) -> tuple[str, ...]:
+    """What a client does with ``data``: the backticked words a spec cell must name."""
+    try:
+        reply = client.receive(data)
+    except RemoteProtocolError as exc:
+        return (client.round.value, exc.reason.value)
+    assert reply is None
+    return (client.round.value,) + ((client.abort_reason.value,) if client.abort_reason else ())
+
+
+_OTHER_SID = b"\x07" * 32
+
+
+def _completed_cases(sid: bytes) -> dict[str, list[bytes]]:
+    return {
+        "bytes that do not decode (step 3)": [b"\xff\x00garbage"],
+        "any message with another `sid` (step 4), `Abort` included": [
+            Abort(_OTHER_SID, AbortReason.CANCELLED).encode(),
+            UnmaskRequest(_OTHER_SID, 1, (1, 2, 3), ()).encode(),
+        ],
+        "`Abort` with its `sid` (step 5)": [Abort(sid, AbortReason.CANCELLED).encode()],
+        "a message whose `recipient` is not `u`, or a client-to-server message (step 6)": [
+            UnmaskRequest(sid, 2, (1, 2, 3), ()).encode(),
+            ShareKeys(sid, 1, bytes(32), ()).encode(),
+        ],
+        "`UnmaskRequest` to `u` (step 7)": [UnmaskRequest(sid, 1, (1, 2, 3), ()).encode()],
+        "`KeyDirectory`, `ShareBundle` or `ConsistencyRequest` to `u` (step 7)": [
+            ShareBundle(sid, 1, ()).encode(),
+            ConsistencyRequest(sid, 1, (1, 2, 3)).encode(),
+        ],
+    }
+
+
+def _backticked(cell: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", cell))
+
+
+def check_completed_client(text: str) -> None:
+    rows = table(text, "completed-client")
+    sid = _clients_until(Mode.SEMI_HONEST, None)[0].session_id
+    cases = _completed_cases(sid)
+    assert [r["Received"] for r in rows] == list(cases), "completed-client: rows changed"
+    for row in rows:
+        for data in cases[row["Received"]]:
+            _, client = _clients_until(Mode.SEMI_HONEST, Round.COMPLETED)
+            got = _outcome(client, data)
+            named = _backticked(row["Outcome"])
+            assert got[0] == "COMPLETED", f"{row['Received']}: the client ends in {got[0]}"
+            if len(got) == 1:
+                assert row["Outcome"].startswith("ignored") and not named, row
+            else:
+                assert row["Outcome"].startswith("refused") and named == {got[1]}, (row, got)
+
+
+def check_client_abort(text: str) -> None:
+    rows = {r["Client state"]: r["Outcome"] for r in table(text, "client-abort")}
+    running = "`R0_ADVERTISE_KEYS` … `R3_CONSISTENCY_CHECK`"
+    assert list(rows) == [
+        "before `start()`",
+        f"{running}, `sid' = sid`",
+        f"{running}, `sid' ≠ sid`",
+        "`COMPLETED`",
+        "`ABORTED`",
+    ], "client-abort: rows changed"
+    config, fresh = _clients_until(Mode.ACTIVE, None)
+    sid, reason = config.session_id, AbortReason.BELOW_THRESHOLD
+    with pytest.raises(LocalProtocolError):
+        fresh.receive(Abort(sid, reason).encode())
+    assert rows["before `start()`"].startswith("local error")
+    running_rounds = [
+        Round.R0_ADVERTISE_KEYS,
+        Round.R1_SHARE_KEYS,
+        Round.R2_MASKED_INPUT_COLLECTION,
+        Round.R3_CONSISTENCY_CHECK,
+    ]
+    for rnd in running_rounds:
+        _, client = _clients_until(Mode.ACTIVE, rnd)
+        assert _outcome(client, Abort(sid, reason).encode()) == ("ABORTED", reason.value)
+        assert _backticked(rows[f"{running}, `sid' = sid`"]) == {"ABORTED", "R"}
+        _, client = _clients_until(Mode.ACTIVE, rnd)
+        got = _outcome(client, Abort(_OTHER_SID, reason).encode())
+        assert got == ("ABORTED", "wrong_session")
+        assert _backticked(rows[f"{running}, `sid' ≠ sid`"]) == set(got)
+    _, client = _clients_until(Mode.ACTIVE, Round.COMPLETED)
+    assert _outcome(client, Abort(sid, reason).encode()) == ("COMPLETED",)
+    got = _outcome(client, Abort(_OTHER_SID, reason).encode())
+    assert got == ("COMPLETED", "wrong_session")
+    assert _backticked(rows["`COMPLETED`"]) == {"sid' = sid", *got}
+    assert "ignored" in rows["`COMPLETED`"]
+    _, client = _clients_until(Mode.ACTIVE, Round.R1_SHARE_KEYS)
+    client.receive(Abort(sid, reason).encode())
+    for data in (Abort(sid, AbortReason.CANCELLED).encode(), b"\xff"):
+        with pytest.raises(RemoteProtocolError) as caught:
+            client.receive(data)
+        assert (client.round, client.abort_reason) == (Round.ABORTED, reason)
+        assert _backticked(rows["`ABORTED`"]) == {caught.value.reason.value, "ABORTED"}
+
+
+def check_order(text: str) -> None:
+    rows = table(text, "check-order")
+    vectors = {
+        p.name: json.loads(p.read_text(encoding="utf-8"))
+        for p in (SPECS / "vectors").glob("bad_*.json")
+    }
+    listed = set()
+    for row in rows:
+        name = "bad_" + ticks(row["Vector (`bad_…`)"]) + ".json"
+        assert name in vectors, f"check-order: no vector {name}"
+        listed.add(name)
+        v = vectors[name]
+        assert v["party"].split()[0] == row["Party"], f"{name}: party {v['party']}"
+        reported = re.match(r"`([a-z_]+)`", row["Reported"])
+        assert reported and reported.group(1) == v["abort_reason"], (name, v["abort_reason"])
+        assert v.get("also_violates"), f"{name} names no second violation"
+    pinned = {n for n, v in vectors.items() if v.get("also_violates")}
+    assert listed == pinned, f"check-order: table {sorted(listed)} vs vectors {sorted(pinned)}"
+
+
+# ---------------------------------------------------------------------------
 # The tests.
 # ---------------------------------------------------------------------------
 
@@ -788,6 +943,9 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "packing-example": (MESSAGES, check_packing_example),
     "example-transcript": (MESSAGES, check_example_transcript),
     "message-sizes": (MESSAGES, check_message_sizes),
+    "completed-client": (SECAGG, check_completed_client),
+    "client-abort": (SECAGG, check_client_abort),
+    "check-order": (SECAGG, check_order),
 }
 
 
@@ -969,6 +1127,51 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
         "| `2**30 - 64` | `protocol.config.MAX_PACKED_SIZE` |",
         "| `2**30 - 46` | `protocol.config.MAX_PACKED_SIZE` |",
     ),
+    (
+        "completed-client",
+        SECAGG,
+        "| `UnmaskRequest` to `u` (step 7) | refused, `second_unmask_request` |",
+        "| `UnmaskRequest` to `u` (step 7) | refused, `wrong_round` |",
+    ),
+    (
+        "completed-client",
+        SECAGG,
+        "| `Abort` with its `sid` (step 5) | ignored: no error, no reply |",
+        "| `Abort` with its `sid` (step 5) | refused, `wrong_round` |",
+    ),
+    (
+        "client-abort",
+        SECAGG,
+        "| `ABORTED` | refused (`wrong_round`), stays",
+        "| `ABORTED` | refused (`wrong_session`), stays",
+    ),
+    (
+        "client-abort",
+        SECAGG,
+        "`sid' ≠ sid` | `ABORTED` with reason `wrong_session` (refused) |",
+        "`sid' ≠ sid` | `ABORTED` with reason `wrong_recipient` (refused) |",
+    ),
+    (
+        "check-order",
+        SECAGG,
+        "| server | replay, length | `replayed_message`",
+        "| server | replay, length | `wrong_vector_length`",
+    ),
+    (
+        "check-order",
+        SECAGG,
+        "| `order_recipient_before_round` | client |",
+        "| `order_recipient_before_round` | server |",
+    ),
+    (
+        "code",
+        SECAGG,
+        "t1 = math.ceil((t1 + k - _SEMI_MALICIOUS_SHIFT) / 2)",
+        "t1 = math.ceil((t1 + k - _SEMI_MALICIOUS_SHIFT) / 3)",
+    ),
+    ("code", SECAGG, "_SMALL = 1e-14", "_SMALL = 1e-15"),
+    ("code", SECAGG, 'b"secagg-task\\x00"', 'b"secagg-task\\x01"'),
+    ("code", SECAGG, '">Qdd", self.max_eval_examples', '">Qdf", self.max_eval_examples'),
 ]
 
 

@@ -91,6 +91,7 @@ def _vectors(args: argparse.Namespace) -> int:
     """Write the transcript test vectors to DIR, or check DIR against them."""
     from pathlib import Path
 
+    from protocol.authority_vectors import check_authority_vectors, write_authority_vectors
     from protocol.testvectors import check_vector, dumps_vector, generate_all
 
     directory = Path(args.dir)
@@ -100,6 +101,7 @@ def _vectors(args: argparse.Namespace) -> int:
         for name, data in sorted(generated.items()):
             (directory / name).write_bytes(data)
         print(f"wrote {len(generated)} vectors to {directory}")
+        print(f"wrote {write_authority_vectors(directory)} vectors to {directory}/authority")
         for path in sorted(directory.glob("*.json")):
             if path.name not in generated:
                 print(f"warning: {path} is not a generated vector", file=sys.stderr)
@@ -126,6 +128,7 @@ def _vectors(args: argparse.Namespace) -> int:
             check_vector(json.loads(data))
         except Exception as exc:  # report every file, whatever is wrong with it
             problems.append(f"replay failed: {name}: {exc}")
+    problems += check_authority_vectors(directory, replay_only=args.replay_only)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(

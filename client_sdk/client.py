@@ -313,10 +313,17 @@ class Client:
         """authority-v1.md §5.2, before training or sending anything; refusals are typed.
 
         Without a pinned authority nothing is checked (and nothing is passed on).
+        With one, only active sessions are accepted: in a semi-honest session the
+        round-0 keys are unsigned, so the server could substitute them whatever
+        the roster says (a downgrade).
         """
         pinned = self.identity.authority_key
-        if pinned is None or config.mode is not Mode.ACTIVE:
+        if pinned is None:
             return None, None
+        if config.mode is not Mode.ACTIVE:
+            raise PolicyViolation(
+                "this client pins a task authority and takes part only in active-mode sessions"
+            )
         authority = PinnedAuthority(pinned, self.roster_scope, int(time.time()))
         if not isinstance(relayed, str) or not relayed:
             raise PolicyViolation(

@@ -87,6 +87,7 @@ class CertificationFault(StrEnum):
     WRONG_SCOPE = "wrong_scope"
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
+    NOT_ACTIVE = "not_active"
     MISSING_ROSTER = "missing_roster"
     PARTICIPANT_MISSING = "participant_missing"
     KEY_MISMATCH = "key_mismatch"
@@ -347,12 +348,14 @@ class Roster:
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "entries", tuple((int(i), k) for i, k in self.entries))
+        if not isinstance(self.entries, list | tuple):
+            raise _fail(CertificationFault.MALFORMED, "roster entries are an array")
+        check_entries(self.entries)
+        object.__setattr__(self, "entries", tuple((i, k) for i, k in self.entries))
         _check_key(self.authority_key, "authority key")
         _check_scope(self.scope)
         _check_uint(self.serial, MAX_SERIAL, "serial")
         _check_window(self.not_before, self.not_after)
-        check_entries(self.entries)
         _check_signature_field(self.signature)
 
     def _fields(self) -> list[Any]:

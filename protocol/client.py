@@ -96,9 +96,9 @@ class ClientSession:
         roster: the task authority's signed roster relayed by the server
             (``specs/authority-v1.md``); checked against ``authority``.
         authority: the pinned task authority, the expected scope and the
-            current time. When given, an active-mode session is refused unless
-            ``roster`` certifies every participant's identity key
-            (authority-v1.md §5.2), before anything is sent.
+            current time. When given, the session is refused unless it is in
+            active mode and ``roster`` certifies every participant's identity
+            key (authority-v1.md §5.2), before anything is sent.
 
     Raises:
         ConfigError: inconsistent arguments.
@@ -132,20 +132,26 @@ class ClientSession:
             if ed25519_public_key(identity_key) != config.identity_key(client_id):
                 raise ConfigError("identity key does not match the configuration")
         if authority is not None:
-            if config.mode is Mode.ACTIVE:
-                # authority-v1.md §5.2: every identity is certified before round 0.
-                if roster is None:
-                    raise CertificationError(
-                        CertificationFault.MISSING_ROSTER,
-                        "an active session needs a roster of the pinned authority",
-                    )
-                assert identity_key is not None
-                check_session_roster(
-                    verify_roster(roster, authority),
-                    config,
-                    client_id,
-                    ed25519_public_key(identity_key),
+            # authority-v1.md §5.2: every identity is certified before round 0. A
+            # semi-honest session has unsigned round-0 keys that no roster can tie
+            # to an identity: accepting one would let the server downgrade.
+            if config.mode is not Mode.ACTIVE:
+                raise CertificationError(
+                    CertificationFault.NOT_ACTIVE,
+                    "a client pinned to a task authority takes part only in active sessions",
                 )
+            if roster is None:
+                raise CertificationError(
+                    CertificationFault.MISSING_ROSTER,
+                    "an active session needs a roster of the pinned authority",
+                )
+            assert identity_key is not None
+            check_session_roster(
+                verify_roster(roster, authority),
+                config,
+                client_id,
+                ed25519_public_key(identity_key),
+            )
         elif roster is not None:
             raise ConfigError("a roster is only checked against a pinned authority")
         self.config = config

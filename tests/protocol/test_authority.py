@@ -101,6 +101,7 @@ def _attack(
     *,
     roster: bytes | None,
     authority: PinnedAuthority | None,
+    identity: bool = True,
 ) -> tuple[list[bytes], np.ndarray | None]:
     """Run the target against the malicious server; return (what the target sent, what
     the server reconstructed as the target's input, None if it got nothing)."""
@@ -111,7 +112,7 @@ def _attack(
             TARGET,
             TARGET_INPUT,
             rng=DeterministicRandom(b"target"),
-            identity_key=identity_secret(TARGET),
+            identity_key=identity_secret(TARGET) if identity else None,
             roster=roster,
             authority=authority,
         )
@@ -125,7 +126,7 @@ def _attack(
             u,
             np.zeros(LENGTH, dtype=np.int64),
             rng=DeterministicRandom(b"sybil" + u.to_bytes(4, "big")),
-            identity_key=server_keys[u],
+            identity_key=server_keys[u] or None,
         )
         for u in config.participants
         if u != TARGET
@@ -228,6 +229,31 @@ def test_a_pinned_client_refuses_before_sending_anything(
     # so the server holds nothing it could open and reconstructs nothing.
     assert sent == []
     assert recovered is None
+
+
+def _downgraded() -> tuple[SessionConfig, dict[int, bytes]]:
+    """A semi-honest session: no identity keys, unsigned round-0 keys, invented peers."""
+    config = SessionConfig(
+        participants=(TARGET, 900, 901, 902),
+        threshold=3,
+        vector_length=LENGTH,
+        bit_width=BITS,
+        nonce=bytes(32),
+    )
+    return config, {u: b"" for u in config.participants}
+
+
+def test_a_pinned_client_refuses_a_downgrade_to_semi_honest() -> None:
+    config, keys = _downgraded()
+    sent, recovered = _attack(config, keys, roster=None, authority=None, identity=False)
+    # Without the rule the server simply proposes a semi-honest session.
+    assert recovered is not None and recovered.tolist() == TARGET_INPUT.tolist()
+    assert sent
+    with pytest.raises(CertificationError) as info:
+        ClientSession(config, TARGET, TARGET_INPUT, roster=_honest_roster(), authority=PINNED)
+    assert info.value.fault is CertificationFault.NOT_ACTIVE
+    sent, recovered = _attack(config, keys, roster=_honest_roster(), authority=PINNED)
+    assert (sent, recovered) == ([], None)
 
 
 def test_a_forged_signature_under_the_pinned_key_is_refused() -> None:
@@ -442,5 +468,37 @@ def test_a_wrong_expectation_in_a_vector_fails() -> None:
 def test_roster_vectors_cover_every_fault() -> None:
     faults = {c["fault"] for c in _on_disk()["rosters.json"]["cases"]}
     faults |= {c["fault"] for c in _on_disk()["certificates.json"]["cases"]}
-    want = set(CertificationFault) - {CertificationFault.MISSING_ROSTER}
+    # Not expressible as a roster case: no roster at all, or a semi-honest session.
+    want = set(CertificationFault) - {
+        CertificationFault.MISSING_ROSTER,
+        CertificationFault.NOT_ACTIVE,
+    }
     assert {f for f in faults if f} == {f.value for f in want}
+
+
+_KEY = ed25519_public_key(b"k" * 32)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [1, 2],
+        [[1]],
+        [["a", _KEY]],
+        [[True, _KEY]],
+        [[1, _KEY, 3]],
+        [],
+        [[0, _KEY]],
+        [[1, b"x"]],
+        [[2**40, _KEY]],
+        5,
+        [[1, (1).to_bytes(32, "little")]],
+    ],
+)
+def test_hostile_roster_entries_are_malformed_not_a_crash(entries: Any) -> None:
+    from protocol import _cbor
+
+    fields = ["secagg-roster-v1", AUTHORITY_PK, SCOPE, 1, 0, 5, entries, bytes(64)]
+    with pytest.raises(CertificationError) as info:
+        Roster.decode(_cbor.dumps(fields))
+    assert info.value.fault is CertificationFault.MALFORMED

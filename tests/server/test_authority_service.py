@@ -21,7 +21,16 @@ import pytest
 from client_sdk.client import Client, ClientError, ClientPolicy, PolicyViolation, enrol
 from client_sdk.identity import Identity, IdentityError, parse_authority_key
 from client_sdk.models import FunctionModel
-from protocol.authority import PinnedAuthority, Roster, task_scope, verify_roster
+from protocol.authority import (
+    CertificationError,
+    CertificationFault,
+    PinnedAuthority,
+    Roster,
+    sign_roster,
+    task_scope,
+    verify_roster,
+)
+from protocol.authority_vectors import authority_secret
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import ed25519_public_key
 from protocol.encoding import EvalSums
@@ -169,8 +178,6 @@ def test_two_clients_with_one_key_cannot_be_on_a_roster(tmp_path: Path) -> None:
     now = int(time.time())
     certify(tmp_path, 1, key, "task/1", days=1, now=now)
     certify(tmp_path, 2, key, "task/1", days=1, now=now)
-    from protocol.authority import CertificationError, CertificationFault
-
     with pytest.raises(CertificationError) as info:
         export_roster(tmp_path, "task/1", days=1, now=now)
     assert info.value.fault is CertificationFault.DUPLICATE_KEY
@@ -211,11 +218,31 @@ def test_a_pinned_client_needs_a_roster_for_an_active_session() -> None:
             client._check_roster(config, "zz")
         with pytest.raises(PolicyViolation, match="malformed"):
             client._check_roster(config, "00")
+        # A downgrade: the server proposes a semi-honest session (unsigned keys).
+        downgraded = SessionConfig((1, 2, 3), 2, 4, 16, bytes(32))
+        with pytest.raises(PolicyViolation, match="only in active-mode"):
+            client._check_roster(downgraded, None)
     finally:
         client.close()
 
 
 # -- over HTTP -------------------------------------------------------------------------------
+
+
+def test_cli_enrol_pins_the_authority_key(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    public = init_authority(tmp_path / "a")
+    path = tmp_path / "client.key"
+    args = ["client", "enrol", "--server", server, "--identity", str(path)]
+    pub_file = str(tmp_path / "a" / PUBLIC_FILE)
+    assert main([*args, "--token", new_token(server), "--authority-key", pub_file]) == 0
+    ident = Identity.load(path)
+    assert ident.authority_key == public and ident.client_id is not None
+    assert f"identity public key {ident.public_key.hex()}" in capsys.readouterr().out
+    # A key that is not an Ed25519 point is refused before anything is sent.
+    assert main([*args, "--token", new_token(server), "--authority-key", "00" * 32]) == 1
+    assert "authority key" in capsys.readouterr().err
 
 
 def test_roster_upload_is_typed_and_admin_only(server: str) -> None:
@@ -227,8 +254,6 @@ def test_roster_upload_is_typed_and_admin_only(server: str) -> None:
         assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
     r = _upload(server, task, b"\xff\x00garbage")
     assert r.status_code == 400 and r.json()["error"] == "bad_roster"
-    from protocol.authority import sign_roster
-    from protocol.authority_vectors import authority_secret
 
     secret = authority_secret("root")
     roster = sign_roster(secret, task_scope(task), 4, 10, 20, [(1, ed25519_public_key(b"k" * 32))])

@@ -53,6 +53,7 @@ from protocol.crypto import (
     ED25519_GROUP_ORDER,
     ED25519_SMALL_ORDER_Y,
     FIELD_PRIME,
+    X25519_SMALL_ORDER,
     DeterministicRandom,
     Ed25519Rejection,
     ed25519_sign,
@@ -1177,6 +1178,7 @@ def _agrees(secret: bytes, public: bytes) -> bool:
 
 def test_small_order_keys_are_section_6_5() -> None:
     keys = _small_order_keys()
+    assert keys == X25519_SMALL_ORDER
     p = 2**255 - 19
     rng = np.random.default_rng(65)  # test data only
     scalars = [rng.bytes(32) for _ in range(3)] + [bytes(range(1, 33))]

@@ -29,6 +29,14 @@ import numpy.typing as npt
 from client_sdk.identity import Identity
 from client_sdk.models import FlatModel, as_flat_model
 from protocol import ClientSession, Mode, Round, SessionConfig, SystemRandom
+from protocol.authority import (
+    CertificationError,
+    PinnedAuthority,
+    Roster,
+    check_session_roster,
+    task_scope,
+    verify_roster,
+)
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
 from protocol.errors import DecodeError, SecAggError
 from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
@@ -111,6 +119,7 @@ class Client:
         policy: ClientPolicy | None = None,
         fault: FaultFn | None = None,
         timeout_s: float = 60.0,
+        roster_scope: str | None = None,
     ) -> None:
         if identity.client_id is None:
             raise ClientError("identity is not enrolled: enrol it with a token first")
@@ -119,6 +128,8 @@ class Client:
         self.model = as_flat_model(model)
         self.train_fn, self.eval_fn = train_fn, eval_fn
         self.task_id = task_id
+        # The scope the authority's roster must carry (authority-v1.md §3).
+        self.roster_scope = roster_scope or task_scope(task_id)
         self.policy = policy or ClientPolicy()
         self.fault = fault
         self._http = httpx.Client(
@@ -219,6 +230,7 @@ class Client:
             loss_scale=float(a["encoding"]["loss_scale"]),
         )
         self._check_policy(config, encoding, number, int(a["model_length"]))
+        roster, authority = self._check_roster(config, a.get("roster"))
         if self.on_assignment is not None:
             self.on_assignment(a)
         base = self._download(int(a["base_version"]))
@@ -234,6 +246,8 @@ class Client:
             vector,
             rng=self._rng,
             identity_key=self.identity.secret if config.mode is Mode.ACTIVE else None,
+            roster=roster,
+            authority=authority,
         )
         sent = received = 0
         if self._faulty(number, Round.R0_ADVERTISE_KEYS):
@@ -293,6 +307,37 @@ class Client:
             self._cache = (version, raw.astype(np.float32))
         return self._cache[1].astype(np.float64)
 
+    def _check_roster(
+        self, config: SessionConfig, relayed: object
+    ) -> tuple[Roster | None, PinnedAuthority | None]:
+        """authority-v1.md §5.2, before training or sending anything; refusals are typed.
+
+        Without a pinned authority nothing is checked (and nothing is passed on).
+        With one, only active sessions are accepted: in a semi-honest session the
+        round-0 keys are unsigned, so the server could substitute them whatever
+        the roster says (a downgrade).
+        """
+        pinned = self.identity.authority_key
+        if pinned is None:
+            return None, None
+        if config.mode is not Mode.ACTIVE:
+            raise PolicyViolation(
+                "this client pins a task authority and takes part only in active-mode sessions"
+            )
+        authority = PinnedAuthority(pinned, self.roster_scope, int(time.time()))
+        if not isinstance(relayed, str) or not relayed:
+            raise PolicyViolation(
+                "the server relayed no roster of the pinned task authority for an active session"
+            )
+        try:
+            roster = verify_roster(bytes.fromhex(relayed), authority)
+            check_session_roster(roster, config, self.client_id, self.identity.public_key)
+        except ValueError as exc:
+            raise PolicyViolation(f"the relayed roster is not hex: {exc}") from exc
+        except CertificationError as exc:
+            raise PolicyViolation(f"the session's participants are not certified: {exc}") from exc
+        return roster, authority
+
     def _check_policy(
         self, config: SessionConfig, encoding: RoundEncoding, number: int, model_length: int
     ) -> None:
@@ -329,9 +374,16 @@ def enrol(
     *,
     name: str = "",
     verify: bool | str = True,
+    authority_key: bytes | None = None,
 ) -> Identity:
-    """Enrol an identity (a new one by default) with a one-time token."""
+    """Enrol an identity (a new one by default) with a one-time token.
+
+    ``authority_key``: the task authority's public key to pin (obtained out of
+    band from the project administrator, never from the server).
+    """
     identity = identity or Identity.generate()
+    if authority_key is not None:
+        identity = identity.with_authority(authority_key)
     try:
         response = httpx.post(
             f"{server_url.rstrip('/')}/v1/enrol",

@@ -8,20 +8,45 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.crypto import SystemRandom, ed25519_public_key
+from protocol.crypto import SystemRandom, ed25519_is_valid_public, ed25519_public_key
 
 
 class IdentityError(Exception):
     """The identity file is missing, malformed or readable by others."""
 
 
+def parse_authority_key(value: str) -> bytes:
+    """A task authority's public key from hex, or from a file holding the hex.
+
+    Raises:
+        IdentityError: not 32 bytes of hex, or not a valid Ed25519 public key.
+    """
+    text = value.strip()
+    path = Path(text)
+    if len(text) != 64 and path.is_file():
+        text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise IdentityError(f"the authority key is not hex: {exc}") from exc
+    if len(key) != 32 or not ed25519_is_valid_public(key):
+        raise IdentityError("the authority key is not a valid 32-byte Ed25519 public key")
+    return key
+
+
 @dataclass(frozen=True)
 class Identity:
-    """Ed25519 identity of one client; ``client_id`` is set once enrolled."""
+    """Ed25519 identity of one client; ``client_id`` is set once enrolled.
+
+    ``authority_key`` is the task authority's public key pinned at enrolment
+    (``specs/authority-v1.md``): with it the client refuses every active-mode
+    session whose participants the authority did not certify.
+    """
 
     secret: bytes
     client_id: int | None = None
     server_url: str | None = None
+    authority_key: bytes | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -32,7 +57,11 @@ class Identity:
         return cls(SystemRandom().random_bytes(32))
 
     def with_enrolment(self, client_id: int, server_url: str) -> Identity:
-        return Identity(self.secret, client_id, server_url)
+        return Identity(self.secret, client_id, server_url, self.authority_key)
+
+    def with_authority(self, authority_key: bytes | None) -> Identity:
+        """The same identity pinning ``authority_key`` (None: no authority)."""
+        return Identity(self.secret, self.client_id, self.server_url, authority_key)
 
     def save(self, path: str | Path) -> None:
         """Write atomically with mode 0600 (owner read/write only)."""
@@ -46,6 +75,7 @@ class Identity:
                 "public_key": self.public_key.hex(),
                 "client_id": self.client_id,
                 "server_url": self.server_url,
+                "authority_key": self.authority_key.hex() if self.authority_key else None,
             },
             indent=2,
         ).encode()
@@ -71,10 +101,14 @@ class Identity:
             )
         try:
             raw = json.loads(path.read_text())
+            pinned = raw.get("authority_key")
             identity = cls(
-                bytes.fromhex(raw["secret_key"]), raw.get("client_id"), raw.get("server_url")
+                bytes.fromhex(raw["secret_key"]),
+                raw.get("client_id"),
+                raw.get("server_url"),
+                parse_authority_key(pinned) if pinned is not None else None,
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IdentityError) as exc:
             raise IdentityError(f"{path} is not a secagg identity file: {exc}") from exc
         if len(identity.secret) != 32:
             raise IdentityError(f"{path}: the secret key must be 32 bytes")

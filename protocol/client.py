@@ -28,6 +28,14 @@ from protocol._keys import (
     u32,
 )
 from protocol._state import CLIENT_TRANSITIONS, TERMINAL, Round, client_after_abort
+from protocol.authority import (
+    CertificationError,
+    CertificationFault,
+    PinnedAuthority,
+    Roster,
+    check_session_roster,
+    verify_roster,
+)
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import (
     MaskExpander,
@@ -40,6 +48,7 @@ from protocol.crypto import (
     ed25519_sign,
     ed25519_verify,
     x25519_generate,
+    x25519_is_valid_public,
 )
 from protocol.encoding import pack_bits, to_modular, word_dtype
 from protocol.errors import (
@@ -99,9 +108,17 @@ class ClientSession:
         rng: source of secret randomness (default: the OS CSPRNG).
         identity_key: active mode: this client's raw Ed25519 secret key, whose
             public key must match the configuration.
+        roster: the task authority's signed roster relayed by the server
+            (``specs/authority-v1.md``); checked against ``authority``.
+        authority: the pinned task authority, the expected scope and the
+            current time. When given, the session is refused unless it is in
+            active mode and ``roster`` certifies every participant's identity
+            key (authority-v1.md §5.2), before anything is sent.
 
     Raises:
         ConfigError: inconsistent arguments.
+        CertificationError: the roster is missing or does not certify the
+            session (``fault`` names the failed step).
     """
 
     def __init__(
@@ -112,6 +129,8 @@ class ClientSession:
         *,
         rng: RandomSource | None = None,
         identity_key: bytes | None = None,
+        roster: bytes | Roster | None = None,
+        authority: PinnedAuthority | None = None,
     ) -> None:
         if not config.is_participant(client_id):
             raise ConfigError(f"client {client_id} is not a participant of this session")
@@ -127,6 +146,29 @@ class ClientSession:
                 raise ConfigError("active mode needs the client's Ed25519 identity key")
             if ed25519_public_key(identity_key) != config.identity_key(client_id):
                 raise ConfigError("identity key does not match the configuration")
+        if authority is not None:
+            # authority-v1.md §5.2: every identity is certified before round 0. A
+            # semi-honest session has unsigned round-0 keys that no roster can tie
+            # to an identity: accepting one would let the server downgrade.
+            if config.mode is not Mode.ACTIVE:
+                raise CertificationError(
+                    CertificationFault.NOT_ACTIVE,
+                    "a client pinned to a task authority takes part only in active sessions",
+                )
+            if roster is None:
+                raise CertificationError(
+                    CertificationFault.MISSING_ROSTER,
+                    "an active session needs a roster of the pinned authority",
+                )
+            assert identity_key is not None
+            check_session_roster(
+                verify_roster(roster, authority),
+                config,
+                client_id,
+                ed25519_public_key(identity_key),
+            )
+        elif roster is not None:
+            raise ConfigError("a roster is only checked against a pinned authority")
         self.config = config
         self.client_id = client_id
         self.session_id = config.session_id
@@ -275,6 +317,14 @@ class ClientSession:
         if strangers:
             self._fail(AbortReason.NOT_A_NEIGHBOUR, f"keys of non-neighbours {sorted(strangers)}")
         all_keys = [k for e in msg.entries for k in (e.cipher_public_key, e.mask_public_key)]
+        # §12.5 step 3: one encoding per key, so the duplicate check below sees aliases.
+        for entry in msg.entries:
+            for k in (entry.cipher_public_key, entry.mask_public_key):
+                if not x25519_is_valid_public(k):
+                    self._fail(
+                        AbortReason.INVALID_PUBLIC_KEY,
+                        f"client {entry.sender} has a non-canonical or small-order X25519 key",
+                    )
         if len(set(all_keys)) != len(all_keys):
             self._fail(AbortReason.DUPLICATE_KEYS, "two advertised public keys are equal")
         for entry in msg.entries:

@@ -280,7 +280,7 @@ class ServerSession:
             if not x25519_is_valid_public(key):
                 raise RemoteProtocolError(
                     AbortReason.INVALID_PUBLIC_KEY,
-                    f"client {keys.sender} advertised a small-order X25519 key",
+                    f"client {keys.sender} advertised a non-canonical or small-order X25519 key",
                 )
         if keys.cipher_public_key == keys.mask_public_key:
             raise RemoteProtocolError(AbortReason.DUPLICATE_KEYS, "the two public keys are equal")

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 from protocol import ConfigError, DecodeError, RemoteProtocolError
+from protocol.authority import CertificationError, Roster, authority_key_id
 from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
@@ -147,6 +148,18 @@ class TokenRequest(BaseModel):
 class TokenResponse(BaseModel):
     token: str
     expires_at: str
+
+
+class RosterResponse(BaseModel):
+    """What the server read from an uploaded roster (it does not vouch for it)."""
+
+    task_id: int
+    scope: str
+    serial: int
+    entries: int
+    authority_key_id: str = Field(description="first 8 bytes of SHA-256 of the authority key")
+    not_before: int
+    not_after: int
 
 
 class TaskCreate(BaseModel):
@@ -373,6 +386,45 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             raise ApiError(409, "task_exists", f"a task named {req.name!r} exists") from exc
         coord.start_runner(task.id)
         return _task_json(task)
+
+    @app.put("/v1/admin/tasks/{task_id}/roster", response_model=RosterResponse)
+    async def upload_roster(task_id: Id, request: Request, _: Admin) -> RosterResponse:
+        """Store the task authority's roster; it is relayed in every active-mode assignment.
+
+        The body is the roster's bytes (``application/cbor``), as written by
+        ``secagg authority export-roster``.
+
+        Only the encoding is checked (authority-v1.md §6): the clients check
+        the signature against the authority key they pinned.
+        """
+        if request.headers.get("content-type", "") != CBOR_MEDIA_TYPE:
+            raise ApiError(415, "unsupported_media_type", f"a roster is {CBOR_MEDIA_TYPE}")
+        body = await request.body()
+        try:
+            roster = Roster.decode(body)
+        except CertificationError as exc:
+            raise ApiError(400, "bad_roster", str(exc)) from exc
+
+        def _store() -> None:
+            with database.session() as s:
+                if s.get(dbm.Task, task_id) is None:
+                    raise ApiError(404, "unknown_task", f"no task {task_id}")
+                row = s.get(dbm.TaskRoster, task_id)
+                if row is None:
+                    s.add(dbm.TaskRoster(task_id=task_id, roster=body))
+                else:
+                    row.roster, row.uploaded_at = body, dbm.utcnow()
+
+        await run_in_threadpool(_store)
+        return RosterResponse(
+            task_id=task_id,
+            scope=roster.scope,
+            serial=roster.serial,
+            entries=len(roster.entries),
+            authority_key_id=authority_key_id(roster.authority_key),
+            not_before=roster.not_before,
+            not_after=roster.not_after,
+        )
 
     @app.get("/v1/admin/tasks")
     async def list_tasks(_: Admin) -> list[dict[str, Any]]:

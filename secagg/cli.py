@@ -1,4 +1,5 @@
-"""The ``secagg`` command line: serve, tokens, status, certificates, demo, bench, vectors."""
+"""The ``secagg`` command line: serve, tokens, status, certificates, authority, demo, bench,
+vectors."""
 
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def _vectors(args: argparse.Namespace) -> int:
     """Write the transcript test vectors to DIR, or check DIR against them."""
     from pathlib import Path
 
+    from protocol.authority_vectors import check_authority_vectors, write_authority_vectors
     from protocol.testvectors import check_vector, dumps_vector, generate_all
 
     directory = Path(args.dir)
@@ -100,6 +102,7 @@ def _vectors(args: argparse.Namespace) -> int:
         for name, data in sorted(generated.items()):
             (directory / name).write_bytes(data)
         print(f"wrote {len(generated)} vectors to {directory}")
+        print(f"wrote {write_authority_vectors(directory)} vectors to {directory}/authority")
         for path in sorted(directory.glob("*.json")):
             if path.name not in generated:
                 print(f"warning: {path} is not a generated vector", file=sys.stderr)
@@ -126,6 +129,7 @@ def _vectors(args: argparse.Namespace) -> int:
             check_vector(json.loads(data))
         except Exception as exc:  # report every file, whatever is wrong with it
             problems.append(f"replay failed: {name}: {exc}")
+    problems += check_authority_vectors(directory, replay_only=args.replay_only)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(
@@ -144,8 +148,13 @@ app = typer.Typer(
 )
 token_app = typer.Typer(no_args_is_help=True, help="One-time enrolment tokens.")
 client_app = typer.Typer(no_args_is_help=True, help="Client-side helpers.")
+authority_app = typer.Typer(
+    no_args_is_help=True,
+    help="The offline task authority: certify client identity keys, sign rosters.",
+)
 app.add_typer(token_app, name="token")
 app.add_typer(client_app, name="client")
+app.add_typer(authority_app, name="authority")
 
 DbOption = Annotated[
     str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: settings)")
@@ -259,17 +268,91 @@ def client_enrol(
     identity: Annotated[Path, typer.Option(help="identity file to write")] = Path("client.key"),
     name: Annotated[str, typer.Option(help="a name for this client")] = "",
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+    authority_key: Annotated[
+        str | None,
+        typer.Option(
+            "--authority-key",
+            help="the task authority's public key to pin (HEX or a FILE holding it)",
+        ),
+    ] = None,
 ) -> None:
     """Create an identity key and enrol it with a token."""
     from client_sdk.client import ClientError, enrol
+    from client_sdk.identity import IdentityError, parse_authority_key
 
     try:
-        ident = enrol(server, token, name=name, verify=str(ca) if ca else True)
-    except ClientError as exc:
+        pinned = parse_authority_key(authority_key) if authority_key is not None else None
+        ident = enrol(
+            server, token, name=name, verify=str(ca) if ca else True, authority_key=pinned
+        )
+    except (ClientError, IdentityError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     ident.save(identity)
     typer.echo(f"enrolled as client {ident.client_id}; identity in {identity} (mode 600)")
+    typer.echo(f"identity public key {ident.public_key.hex()}")
+
+
+AuthorityDir = Annotated[Path, typer.Argument(help="the authority's directory")]
+
+
+def _authority_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from protocol.authority import CertificationError
+    from secagg.authority_tool import AuthorityToolError
+
+    try:
+        return fn(*args, **kwargs)
+    except (AuthorityToolError, CertificationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@authority_app.command("init")
+def authority_init(directory: AuthorityDir) -> None:
+    """Create an authority key (DIR/authority.key, mode 600) and print its public key."""
+    from secagg.authority_tool import PUBLIC_FILE, init_authority
+
+    public = _authority_call(init_authority, directory)
+    typer.echo(public.hex())
+    typer.echo(f"public key in {directory / PUBLIC_FILE}; keep {directory} offline", err=True)
+
+
+@authority_app.command("certify")
+def authority_certify(
+    directory: AuthorityDir,
+    client_id: Annotated[int, typer.Option("--client-id", help="the id the server assigned")],
+    identity_key: Annotated[
+        str, typer.Option("--identity-key", help="HEX, or a FILE (hex or identity file)")
+    ],
+    scope: Annotated[str, typer.Option(help="task/<id> or a cohort name")],
+    days: Annotated[float, typer.Option(help="validity")] = 365.0,
+) -> None:
+    """Certify a client's identity key for a scope; print the certificate (hex)."""
+    from secagg.authority_tool import certify, parse_identity_key
+
+    key = _authority_call(parse_identity_key, identity_key)
+    cert = _authority_call(
+        certify, directory, client_id, key, scope, days=days, now=int(time.time())
+    )
+    typer.echo(cert.encode().hex())
+
+
+@authority_app.command("export-roster")
+def authority_export_roster(
+    directory: AuthorityDir,
+    scope: Annotated[str, typer.Option(help="task/<id> or a cohort name")],
+    out: Annotated[Path, typer.Option(help="roster file to write (CBOR)")],
+    days: Annotated[float, typer.Option(help="validity")] = 30.0,
+) -> None:
+    """Sign a roster of every certificate of SCOPE valid now, for an admin to upload."""
+    from secagg.authority_tool import export_roster
+
+    roster = _authority_call(export_roster, directory, scope, days=days, now=int(time.time()))
+    out.write_bytes(roster.encode())
+    typer.echo(
+        f"roster serial {roster.serial} for {roster.scope}: {len(roster.entries)} clients, "
+        f"written to {out}; upload: PUT /v1/admin/tasks/<id>/roster (application/cbor)"
+    )
 
 
 @app.command("demo")

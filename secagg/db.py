@@ -87,6 +87,7 @@ __all__ = [
     "StageStats",
     "Task",
     "TaskPointer",
+    "TaskRoster",
     "TaskStatus",
     "UTCDateTime",
     "create_schema",
@@ -368,6 +369,24 @@ class Task(Base):
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TaskRoster(Base):
+    """The latest task-authority roster an admin uploaded for a task (``specs/authority-v1.md``).
+
+    The server is not trusted to judge it: clients check it against the
+    authority key they pinned. It is stored as uploaded and relayed, byte for
+    byte, in every active-mode assignment of the task.
+    """
+
+    __tablename__ = "task_rosters"
+    __table_args__ = (CheckConstraint("length(roster) >= 1", name="roster_nonempty"),)
+
+    task_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    roster: Mapped[bytes] = mapped_column(LargeBinary)
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ModelVersion(Base):

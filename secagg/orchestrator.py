@@ -109,6 +109,8 @@ class Assignment:
     model_length: int
     encoding: dict[str, Any]
     deadlines: dict[str, float]
+    # Active mode: the task authority's roster as uploaded (authority-v1.md §6).
+    roster: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +122,7 @@ class Assignment:
             "model_length": self.model_length,
             "encoding": self.encoding,
             "deadlines": self.deadlines,
+            "roster": self.roster.hex() if self.roster is not None else None,
         }
 
 
@@ -330,9 +333,12 @@ class TaskRunner:
             len(participants), mode, task.graph.value, task.dropout_rate, task.corrupt_rate
         )
         keys: tuple[bytes, ...] = ()
+        roster: bytes | None = None
         if mode is Mode.ACTIVE:
             with self.db.session() as s:
                 keys = tuple(s.get(dbm.Client, u).public_key for u in participants)  # type: ignore[union-attr]
+                stored = s.get(dbm.TaskRoster, self.task_id)
+                roster = stored.roster if stored is not None else None
         config = SessionConfig(
             participants=tuple(participants),
             threshold=threshold,
@@ -366,6 +372,7 @@ class TaskRunner:
         )
         self.rounds[round_id] = driver
         assignment = Assignment(
+            roster=roster,
             round_id=round_id,
             task_id=self.task_id,
             round_number=number,

@@ -1,4 +1,5 @@
-"""One demo client process: enrol, then train on its digits shard with secure aggregation.
+"""One demo client process: load its identity (or enrol), then train on its digits shard
+with secure aggregation.
 
 Run by ``secagg demo`` as ``python -m secagg.demo.client ...``; each process
 holds only its own shard of the data, as a hospital or a phone would.
@@ -13,6 +14,7 @@ import sys
 import torch
 
 from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.identity import Identity
 from client_sdk.models import TorchModel
 from protocol import Round
 from protocol.encoding import EvalSums
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--server", required=True)
     p.add_argument("--ca", default=None)
-    p.add_argument("--token", required=True)
+    p.add_argument("--identity", default=None, help="enrolled identity file (pins the authority)")
+    p.add_argument("--token", default=None, help="or: enrol with this one-time token")
     p.add_argument("--index", type=int, required=True, help="0-based client index in the split")
     p.add_argument("--task", type=int, required=True)
     p.add_argument("--rounds", type=int, required=True)
@@ -50,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     x_eval, y_eval = split.test_shard(args.index, DEMO.num_clients)
     model = make_model(DEMO.seed, DEMO.hidden)
     verify: bool | str = args.ca or True
-    identity = enrol(args.server, args.token, name=f"demo-{args.index}", verify=verify)
+    if args.identity is not None:
+        identity = Identity.load(args.identity)
+    elif args.token is not None:
+        identity = enrol(args.server, args.token, name=f"demo-{args.index}", verify=verify)
+    else:
+        p.error("--identity or --token is required")
     current_round = {"n": 0}
 
     def train(_: object) -> int:
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_global,
         task_id=args.task,
         verify=verify,
-        policy=ClientPolicy(min_participants=5),
+        policy=ClientPolicy(min_participants=5, require_active=identity.authority_key is not None),
         fault=fault,
     )
     # The fault hook is also how the client learns the round number before training.

@@ -1,11 +1,14 @@
 """``secagg demo``: real federated training with secure aggregation, end to end.
 
-Starts ``secagg serve`` (SQLite, TLS with a throw-away certificate), enrols
-ten client processes, each holding a non-IID (Dirichlet 0.5) shard of
-scikit-learn's digits, and trains a small PyTorch MLP for 20 rounds of
-secure FedAvg while some clients drop out mid-round at different protocol
-stages. It then runs plaintext FedAvg on the same split, seeds and dropouts,
-and centralised training, and writes ``demo-output/accuracy.png`` and
+Starts ``secagg serve`` (SQLite, TLS with a throw-away certificate), creates
+an offline task authority (``secagg authority``), enrols ten clients that
+pin its key, certifies them and uploads the signed roster the server relays
+in every (active-mode) round, then starts the ten client processes, each
+holding a non-IID (Dirichlet 0.5) shard of scikit-learn's digits, and
+trains a small PyTorch MLP for 20 rounds of secure FedAvg while some
+clients drop out mid-round at different protocol stages. It then runs
+plaintext FedAvg on the same split, seeds and dropouts, and centralised
+training, and writes ``demo-output/accuracy.png`` and
 ``demo-output/summary.json``.
 """
 
@@ -29,10 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client_sdk.client import tls_verify
+from client_sdk.client import enrol, tls_verify
 from client_sdk.models import TorchModel
+from protocol.authority import task_scope
 from protocol.crypto.x509 import self_signed_certificate
+from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
+from secagg.authority_tool import certify, export_roster, init_authority
 from secagg.demo.digits import (
     DEMO,
     accuracy,
@@ -131,19 +137,21 @@ def run_demo(
                 "clients_per_round": DEMO.num_clients,
                 "min_clients": DEMO.num_clients,
                 "graph": "complete",
+                "mode": "active",
                 "dropout_rate": 0.2,
                 "clip": DEMO.delta_clip,
                 "scale": float(1 << 16),
                 "max_weight": 1000,
                 "initial_weights": base64.b64encode(buf.getvalue()).decode(),
-                "deadlines": {"R0": 10, "R1": 3, "R2": 3, "R3": 3, "R4": 3},
+                # R0 includes local training; a stage closes as soon as everyone answered.
+                "deadlines": {"R0": 60, "R1": 5, "R2": 5, "R3": 5, "R4": 5},
                 "strategy": {"name": "fedavg", "server_lr": DEMO.server_lr},
             },
         )
         task.raise_for_status()
         task_id = int(task.json()["id"])
+        identity_files = _enrol_certified(http, url, work, task_id)
         for k in range(DEMO.num_clients):
-            token = http.post("/v1/admin/tokens", json={"label": f"demo-{k}"}).json()["token"]
             plan = {str(r): st for r, (c, st) in drops.items() if c == k}
             clients.append(
                 subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -155,8 +163,8 @@ def run_demo(
                         url,
                         "--ca",
                         str(work / "cert.pem"),
-                        "--token",
-                        token,
+                        "--identity",
+                        str(identity_files[k]),
                         "--index",
                         str(k),
                         "--task",
@@ -252,6 +260,43 @@ def run_demo(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report(console, summary, out_dir)
     return summary
+
+
+def _enrol_certified(http: httpx.Client, url: str, work: Path, task_id: int) -> list[Path]:
+    """The authority workflow of specs/authority-v1.md §6, with the demo as the admin.
+
+    ``secagg authority init`` (offline), enrol each client with the authority
+    key pinned, ``certify`` its id and identity key, ``export-roster`` for the
+    task, and upload the roster; the server only relays it.
+    """
+    authority_dir = work / "authority"
+    pinned = init_authority(authority_dir)
+    scope = task_scope(task_id)
+    files = []
+    for k in range(DEMO.num_clients):
+        token = http.post("/v1/admin/tokens", json={"label": f"demo-{k}"}).json()["token"]
+        identity = enrol(
+            url, token, name=f"demo-{k}", verify=str(work / "cert.pem"), authority_key=pinned
+        )
+        assert identity.client_id is not None
+        path = work / f"client-{k}.key"
+        identity.save(path)
+        files.append(path)
+        certify(
+            authority_dir,
+            identity.client_id,
+            identity.public_key,
+            scope,
+            days=1,
+            now=int(time.time()),
+        )
+    roster = export_roster(authority_dir, scope, days=1, now=int(time.time()))
+    http.put(
+        f"/v1/admin/tasks/{task_id}/roster",
+        content=roster.encode(),
+        headers={"content-type": CBOR_MEDIA_TYPE},
+    ).raise_for_status()
+    return files
 
 
 def _wait_healthy(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:

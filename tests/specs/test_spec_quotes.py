@@ -52,7 +52,12 @@ from protocol.client import ClientSession
 from protocol.config import PROTOCOL_VERSION, GraphKind, Mode, SessionConfig
 from protocol.crypto import (
     CIPHERSUITE,
+    ED25519_GROUP_ORDER,
+    ED25519_SMALL_ORDER_Y,
+    FIELD_PRIME,
+    X25519_SMALL_ORDER,
     DeterministicRandom,
+    Ed25519Rejection,
     ed25519_sign,
     prg_fill,
     x25519_is_valid_public,
@@ -444,6 +449,13 @@ def check_abort_reasons(text: str) -> None:
     rows = table(text, "abort-reasons")
     got = [(ticks(r["Name"]), ticks(r["Value"])) for r in rows]
     assert got == [(r.name, r.value) for r in AbortReason], "abort reasons differ from the code"
+
+
+def check_ed25519_rules(text: str) -> None:
+    rows = table(text, "ed25519-rules")
+    assert [r["#"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)], "rule numbers"
+    got = [ticks(r["Rejection"]) for r in rows]
+    assert got == [r.value for r in Ed25519Rejection], "Ed25519 rules differ from the code"
 
 
 def _class_to_type() -> dict[str, MessageType]:
@@ -932,6 +944,7 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "config-fields": (SECAGG, check_config_fields),
     "key-schedule": (SECAGG, check_key_schedule),
     "abort-reasons": (SECAGG, check_abort_reasons),
+    "ed25519-rules": (SECAGG, check_ed25519_rules),
     "client-transitions": (SECAGG, check_client_transitions),
     "server-transitions": (SECAGG, check_server_transitions),
     "client-diagram": (SECAGG, check_client_diagram),
@@ -971,6 +984,9 @@ def test_every_quote_marker_is_checked() -> None:
 
 # (check name or "code", file, old text, new text): each alteration must be caught.
 MUTATIONS: list[tuple[str, str, str, str]] = [
+    ("ed25519-rules", SECAGG, "| `public_key_small_order` |", "| `r_small_order` |"),
+    ("ed25519-rules", SECAGG, "| 2 | `S` (little-endian)", "| 3 | `S` (little-endian)"),
+    ("code", SECAGG, "public[31] < 0x80 and", "public[31] <= 0x80 and"),
     ("constants", SECAGG, "`2**256 + 297`", "`2**256 + 299`"),
     ("constants", SECAGG, '`b"secagg-v1"`', '`"secagg-v1"`'),
     ("config-fields", SECAGG, "| 4 | `threshold` |", "| 4 | `degree` |"),
@@ -1338,18 +1354,21 @@ def _section(text: str, heading: str) -> str:
 
 
 def _small_order_keys() -> set[bytes]:
-    """The 14 encodings of secagg-v1.md §6.5, built from the values the spec names."""
+    """The 5 canonical small-order encodings of secagg-v1.md §6.5, from the values it names."""
     p = 2**255 - 19
     section = _section(spec(SECAGG), "### 6.5 ")
     order8 = [
         int.from_bytes(bytes.fromhex(h), "little") for h in re.findall(r"`([0-9a-f]{64})`", section)
     ]
     assert len(order8) == 2, "§6.5 names the two points of order 8"
-    canonical = [0, 1, p - 1, *order8]
-    values = canonical + [v + p for v in canonical if v + p < 2**255]
-    keys = {w.to_bytes(32, "little") for v in values for w in (v, v + 2**255)}
-    assert len(keys) == 14
+    keys = {v.to_bytes(32, "little") for v in [0, 1, p - 1, *order8]}
+    assert len(keys) == 5
     return keys
+
+
+def _canonical(key: bytes) -> bool:
+    """§6.5 rule 1, recomputed: bit 255 clear and u < 2^255 - 19."""
+    return int.from_bytes(key, "little") < 2**255 - 19
 
 
 def _agrees(secret: bytes, public: bytes) -> bool:
@@ -1362,19 +1381,76 @@ def _agrees(secret: bytes, public: bytes) -> bool:
 
 def test_small_order_keys_are_section_6_5() -> None:
     keys = _small_order_keys()
+    assert keys == X25519_SMALL_ORDER
+    p = 2**255 - 19
     rng = np.random.default_rng(65)  # test data only
     scalars = [rng.bytes(32) for _ in range(3)] + [bytes(range(1, 33))]
     for key in keys:
         assert not x25519_is_valid_public(key), key.hex()
         assert not any(_agrees(k, key) for k in scalars), key.hex()
-        # Every other value next to a refused one is an ordinary key.
+        # Its non-canonical spellings (u + p where < 2^255, bit 255 set) fail rule 1
+        # although X25519 computes the same function of them.
+        u = int.from_bytes(key, "little")
+        spellings = [u + p] if u + p < 2**255 else []
+        for w in [*spellings, *(v + 2**255 for v in [u, *spellings])]:
+            alias = w.to_bytes(32, "little")
+            assert not x25519_is_valid_public(alias), alias.hex()
+        # Every other canonical value next to a refused one is an ordinary key.
         for delta in (-1, 1):
-            near = ((int.from_bytes(key, "little") + delta) % 2**256).to_bytes(32, "little")
-            if near not in keys:
+            near = ((u + delta) % 2**256).to_bytes(32, "little")
+            if near not in keys and _canonical(near):
                 assert x25519_is_valid_public(near) and _agrees(scalars[0], near), near.hex()
     for _ in range(200):
         key = rng.bytes(32)
-        assert x25519_is_valid_public(key) == (key not in keys)
+        assert x25519_is_valid_public(key) == (key not in keys and _canonical(key))
+        # A canonical key with bit 255 set is the same key to X25519, and refused.
+        low = key[:31] + bytes([key[31] & 0x7F])
+        if _canonical(low) and low not in keys:
+            high = low[:31] + bytes([low[31] | 0x80])
+            assert x25519(scalars[0], high) == x25519(scalars[0], low)
+            assert not x25519_is_valid_public(high)
+
+
+def _edwards_point(encoding_y: int) -> tuple[int, int]:
+    """Decompress (x, y) with sign 0 on edwards25519 (RFC 8032 §5.1.3), independent code."""
+    p = 2**255 - 19
+    d = -121665 * pow(121666, -1, p) % p
+    y = encoding_y
+    u, v = (y * y - 1) % p, (d * y * y + 1) % p
+    x = u * pow(v, 3, p) * pow(u * pow(v, 7, p), (p - 5) // 8, p) % p
+    if v * x * x % p != u:
+        x = x * pow(2, (p - 1) // 4, p) % p
+    assert v * x * x % p == u, "not on the curve"
+    return (x if x % 2 == 0 else p - x), y
+
+
+def _edwards_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    p = 2**255 - 19
+    d = -121665 * pow(121666, -1, p) % p
+    (x1, y1), (x2, y2) = a, b
+    t = d * x1 * x2 * y1 * y2 % p
+    return (
+        (x1 * y2 + x2 * y1) * pow(1 + t, -1, p) % p,
+        (y1 * y2 + x1 * x2) * pow(1 - t, -1, p) % p,
+    )
+
+
+def test_ed25519_constants_are_section_6_6() -> None:
+    """L, p and the small-order y-coordinates of §6.6, recomputed on the curve."""
+    section = _section(spec(SECAGG), "### 6.6 ")
+    (y8_hex,) = re.findall(r"`([0-9a-f]{64})`", section)
+    y8 = int.from_bytes(bytes.fromhex(y8_hex), "little")
+    p = 2**255 - 19
+    assert p == FIELD_PRIME
+    assert "`L = 2^252 + 27742317777372353535851937790883648493`" in section
+    assert ED25519_GROUP_ORDER == 2**252 + 27742317777372353535851937790883648493
+    assert {0, 1, p - 1, y8, p - y8} == ED25519_SMALL_ORDER_Y
+    # y8 is a point of order exactly 8: doubling it three times gives the identity.
+    point = _edwards_point(y8)
+    for _ in range(2):
+        point = _edwards_add(point, point)
+    assert point != (0, 1)
+    assert _edwards_add(point, point) == (0, 1)
 
 
 def test_server_advert_checks_are_section_12_4_in_order() -> None:

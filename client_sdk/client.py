@@ -120,6 +120,7 @@ class Client:
         fault: FaultFn | None = None,
         timeout_s: float = 60.0,
         roster_scope: str | None = None,
+        roster_min_serial: int = 0,
     ) -> None:
         if identity.client_id is None:
             raise ClientError("identity is not enrolled: enrol it with a token first")
@@ -130,6 +131,8 @@ class Client:
         self.task_id = task_id
         # The scope the authority's roster must carry (authority-v1.md §3).
         self.roster_scope = roster_scope or task_scope(task_id)
+        # The highest roster serial accepted so far: an older roster is refused.
+        self.roster_min_serial = roster_min_serial
         self.policy = policy or ClientPolicy()
         self.fault = fault
         self._http = httpx.Client(
@@ -324,7 +327,9 @@ class Client:
             raise PolicyViolation(
                 "this client pins a task authority and takes part only in active-mode sessions"
             )
-        authority = PinnedAuthority(pinned, self.roster_scope, int(time.time()))
+        authority = PinnedAuthority(
+            pinned, self.roster_scope, int(time.time()), self.roster_min_serial
+        )
         if not isinstance(relayed, str) or not relayed:
             raise PolicyViolation(
                 "the server relayed no roster of the pinned task authority for an active session"
@@ -336,6 +341,7 @@ class Client:
             raise PolicyViolation(f"the relayed roster is not hex: {exc}") from exc
         except CertificationError as exc:
             raise PolicyViolation(f"the session's participants are not certified: {exc}") from exc
+        self.roster_min_serial = max(self.roster_min_serial, roster.serial)
         return roster, authority
 
     def _check_policy(

@@ -87,6 +87,7 @@ class CertificationFault(StrEnum):
     WRONG_SCOPE = "wrong_scope"
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
+    STALE_SERIAL = "stale_serial"
     NOT_ACTIVE = "not_active"
     MISSING_ROSTER = "missing_roster"
     PARTICIPANT_MISSING = "participant_missing"
@@ -115,17 +116,22 @@ class PinnedAuthority:
         public_key: the authority's raw Ed25519 public key, pinned at enrolment.
         scope: the scope the roster must be for (e.g. ``task_scope(task_id)``).
         now: the current time in Unix seconds (the protocol reads no clock).
+        min_serial: the highest roster serial this client already accepted for
+            this authority and scope (0: none); an older roster, which may still
+            certify a key the authority has since replaced, is refused.
     """
 
     public_key: bytes
     scope: str
     now: int
+    min_serial: int = 0
 
     def __post_init__(self) -> None:
         if not ed25519_is_valid_public(self.public_key):
             raise ValueError("the pinned authority key is not a valid Ed25519 public key")
         _check_scope(self.scope)
         _check_uint(self.now, MAX_TIME, "now")
+        _check_uint(self.min_serial, MAX_SERIAL, "min_serial")
 
 
 def task_scope(task_id: int) -> str:
@@ -418,7 +424,7 @@ def sign_roster(
 
 
 def verify_roster(roster: bytes | Roster, authority: PinnedAuthority) -> Roster:
-    """Steps 1-5 of authority-v1.md §5.2: decode, authority, signature, scope, validity.
+    """Steps 1-5 of authority-v1.md §5.2: decode, authority, signature, scope, freshness.
 
     Raises:
         CertificationError: the roster fails one of the steps (``fault`` names it).
@@ -444,6 +450,11 @@ def verify_roster(roster: bytes | Roster, authority: PinnedAuthority) -> Roster:
         )
     # §5.2 step 5
     _check_time(parsed.not_before, parsed.not_after, authority.now)
+    if parsed.serial < authority.min_serial:
+        raise _fail(
+            CertificationFault.STALE_SERIAL,
+            f"roster serial {parsed.serial} is older than {authority.min_serial}, already seen",
+        )
     return parsed
 
 

@@ -270,6 +270,13 @@ def _rosters() -> Vector:
         ("expired", "Checked at its not-after time.", good, _NOW + 3600, "expired"),
         ("not_yet_valid", "Checked before its not-before time.", good, _NOW - 11, "not_yet_valid"),
         (
+            "stale_serial",
+            "Serial 3, checked by a client that already accepted serial 4.",
+            good,
+            _NOW,
+            "stale_serial",
+        ),
+        (
             "duplicate_ids",
             "Client 2 listed twice (with two keys).",
             roster(rows=[*entries[:2], [2, stranger], *entries[2:]]),
@@ -328,6 +335,7 @@ def _rosters() -> Vector:
             "authority_key": pinned.hex(),
             "scope": _SCOPE,
             "now": now,
+            "min_serial": 4 if name == "stale_serial" else 0,
             "config": config.encode().hex(),
             "client_id": 1,
             "own_identity_key": config.identity_key(1).hex(),
@@ -373,7 +381,9 @@ def _check_certificate(case: Mapping[str, Any]) -> str | None:
 
 def _check_roster(case: Mapping[str, Any]) -> str | None:
     try:
-        pinned = PinnedAuthority(bytes.fromhex(case["authority_key"]), case["scope"], case["now"])
+        pinned = PinnedAuthority(
+            bytes.fromhex(case["authority_key"]), case["scope"], case["now"], case["min_serial"]
+        )
         roster = verify_roster(bytes.fromhex(case["roster"]), pinned)
         config = SessionConfig.decode(bytes.fromhex(case["config"]))
         check_session_roster(

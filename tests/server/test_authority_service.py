@@ -245,6 +245,33 @@ def test_cli_enrol_pins_the_authority_key(
     assert "authority key" in capsys.readouterr().err
 
 
+def test_a_pinned_client_refuses_a_roster_older_than_one_it_accepted() -> None:
+    """Rollback: after serial 5 the server relays serial 4 (e.g. before a key was replaced)."""
+    secret = authority_secret("root")
+    ident = (
+        Identity.generate()
+        .with_enrolment(1, "http://127.0.0.1:9")
+        .with_authority(ed25519_public_key(secret))
+    )
+    keys = (ident.public_key, ed25519_public_key(bytes(32)), ed25519_public_key(b"\x01" * 32))
+    config = SessionConfig((1, 2, 3), 2, 4, 16, bytes(32), Mode.ACTIVE, identity_keys=keys)
+    now = int(time.time())
+
+    def roster(serial: int) -> str:
+        entries = list(zip((1, 2, 3), keys, strict=True))
+        return sign_roster(secret, "task/1", serial, now - 60, now + 600, entries).encode().hex()
+
+    client = Client("http://127.0.0.1:9", ident, [np.zeros(3, np.float32)], lambda m: 1, task_id=1)
+    try:
+        assert client._check_roster(config, roster(5))[0] is not None
+        assert client.roster_min_serial == 5
+        client._check_roster(config, roster(5))  # the same roster again is fine
+        with pytest.raises(PolicyViolation, match="stale_serial"):
+            client._check_roster(config, roster(4))
+    finally:
+        client.close()
+
+
 def test_roster_upload_is_typed_and_admin_only(server: str) -> None:
     task = _task(server, "upload")
     r = httpx.put(f"{server}/v1/admin/tasks/{task}/roster", content=b"x", timeout=30)

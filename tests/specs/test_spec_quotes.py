@@ -56,7 +56,7 @@ from protocol.crypto import (
     x25519_is_valid_public,
 )
 from protocol.encoding import pack_bits, to_modular
-from protocol.errors import AbortReason, RemoteProtocolError
+from protocol.errors import AbortReason, BlameReason, ClientStatus, RemoteProtocolError
 from protocol.messages import (
     _BODY_LENGTHS,
     MAX_ID,
@@ -443,6 +443,18 @@ def check_abort_reasons(text: str) -> None:
     assert got == [(r.name, r.value) for r in AbortReason], "abort reasons differ from the code"
 
 
+def check_blame_reasons(text: str) -> None:
+    rows = table(text, "blame-reasons")
+    got = [(ticks(r["Name"]), ticks(r["Value"])) for r in rows]
+    assert got == [(r.name, r.value) for r in BlameReason], "blame reasons differ from the code"
+
+
+def check_client_statuses(text: str) -> None:
+    rows = table(text, "client-statuses")
+    got = [(ticks(r["Name"]), ticks(r["Value"])) for r in rows]
+    assert got == [(r.name, r.value) for r in ClientStatus], "client statuses differ from the code"
+
+
 def _class_to_type() -> dict[str, MessageType]:
     return {class_name(t): t for t in MessageType}
 
@@ -777,6 +789,8 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "config-fields": (SECAGG, check_config_fields),
     "key-schedule": (SECAGG, check_key_schedule),
     "abort-reasons": (SECAGG, check_abort_reasons),
+    "blame-reasons": (SECAGG, check_blame_reasons),
+    "client-statuses": (SECAGG, check_client_statuses),
     "client-transitions": (SECAGG, check_client_transitions),
     "server-transitions": (SECAGG, check_server_transitions),
     "client-diagram": (SECAGG, check_client_diagram),
@@ -907,8 +921,26 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     (
         "code",
         SECAGG,
-        "if self_mask_commitment(seeds[u], sid, u) != self._commitments[u]:",
-        "if self_mask_commitment(seeds[u], sid, u) == self._commitments[u]:",
+        "return seed is not None and self_mask_commitment(seed, sid, u) == commitment",
+        "return seed is None or self_mask_commitment(seed, sid, u) == commitment",
+    ),
+    (
+        "code",
+        SECAGG,
+        "if bad_seeds or bad_keys:\n    raise self._blame",
+        "if bad_seeds:\n    raise self._blame",
+    ),
+    (
+        "blame-reasons",
+        SECAGG,
+        "| `SHARE_OFF_POLYNOMIAL` | `share_off_polynomial` |",
+        "| `SHARE_OFF_POLYNOMIAL` | `bad_share` |",
+    ),
+    (
+        "client-statuses",
+        SECAGG,
+        "| `DROPPED_IN_R2` | `dropped_in_R2` |\n",
+        "",
     ),
     (
         "code",

@@ -297,7 +297,7 @@ class TaskRunner:
             self.finished = True
 
     async def _run(self) -> None:
-        self.quarantined = load_quarantined(self.db, self.task_id)
+        self.quarantined = await asyncio.to_thread(load_quarantined, self.db, self.task_id)
         while not self._stopped:
             task = self._load_task()
             if task is None or task.status is not dbm.TaskStatus.ACTIVE:

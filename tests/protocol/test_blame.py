@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import Round
-from protocol.config import GraphKind, SessionConfig
+from protocol.config import GraphKind, Mode, SessionConfig
 from protocol.crypto import DeterministicRandom
 from protocol.errors import AbortReason, BlameReason, ClientStatus, DecodeError
 from protocol.messages import ShareKeys, UnmaskResponse, decode_message
@@ -121,6 +121,10 @@ def test_colluding_liars_that_fool_a_window_frame_nobody() -> None:
 CONFIGS = {
     "complete": lambda: make_config(7, 5),
     "harary": lambda: make_config(12, 5, graph=GraphKind.HARARY, degree=6, threshold=4),
+    "complete-active": lambda: make_config(7, 5, mode=Mode.ACTIVE),
+    "harary-active": lambda: make_config(
+        12, 5, graph=GraphKind.HARARY, degree=6, threshold=4, mode=Mode.ACTIVE
+    ),
 }
 
 

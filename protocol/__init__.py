@@ -12,18 +12,21 @@ from protocol.crypto import CIPHERSUITE, DeterministicRandom, RandomSource, Syst
 from protocol.encoding import FixedPointEncoding, from_modular, to_modular
 from protocol.errors import (
     AbortReason,
+    BlameReason,
+    ClientStatus,
     ConfigError,
     CryptoError,
     DecodeError,
     LocalProtocolError,
     ParameterError,
+    ReconstructionFailed,
     RemoteProtocolError,
     RoundAborted,
     SecAggError,
 )
 from protocol.messages import Message, MessageType, decode_message
 from protocol.params import AdversaryClass, GraphParameters, derive_parameters
-from protocol.server import AggregateResult, ServerSession
+from protocol.server import AggregateResult, ClientRecord, ServerSession
 from protocol.simulate import SimulationResult, make_config, simulate
 
 __all__ = [
@@ -31,7 +34,10 @@ __all__ = [
     "AbortReason",
     "AdversaryClass",
     "AggregateResult",
+    "BlameReason",
+    "ClientRecord",
     "ClientSession",
+    "ClientStatus",
     "ConfigError",
     "CryptoError",
     "DecodeError",
@@ -45,6 +51,7 @@ __all__ = [
     "Mode",
     "ParameterError",
     "RandomSource",
+    "ReconstructionFailed",
     "RemoteProtocolError",
     "Round",
     "RoundAborted",

@@ -40,6 +40,44 @@ class AbortReason(StrEnum):
     CANCELLED = "cancelled"
 
 
+class BlameReason(StrEnum):
+    """Why the server blames a client for a failed reconstruction (specs §13.1)."""
+
+    # The owner's shares are consistent, their secret is not what it committed to.
+    WRONG_SELF_MASK_COMMITMENT = "wrong_self_mask_commitment"
+    # The owner's shares are consistent, their secret is not its advertised mask key.
+    WRONG_MASK_PUBLIC_KEY = "wrong_mask_public_key"
+    # A holder revealed a share off the polynomial whose secret passes the check.
+    SHARE_OFF_POLYNOMIAL = "share_off_polynomial"
+
+
+class ClientStatus(StrEnum):
+    """What became of one participant of a session (after fcp's ``ClientStatus``).
+
+    ``dropped_in_Ri``: the server closed round ``i`` without a message from it;
+    ``refused_in_Ri``: its last message in round ``i`` was refused (the reason
+    is recorded); ``pruned_in_Ri``: it sent, but kept fewer than ``t`` live
+    neighbours; ``aborted``: still live when the session aborted.
+    """
+
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    DROPPED_IN_R0 = "dropped_in_R0"
+    DROPPED_IN_R1 = "dropped_in_R1"
+    DROPPED_IN_R2 = "dropped_in_R2"
+    DROPPED_IN_R3 = "dropped_in_R3"
+    DROPPED_IN_R4 = "dropped_in_R4"
+    REFUSED_IN_R0 = "refused_in_R0"
+    REFUSED_IN_R1 = "refused_in_R1"
+    REFUSED_IN_R2 = "refused_in_R2"
+    REFUSED_IN_R3 = "refused_in_R3"
+    REFUSED_IN_R4 = "refused_in_R4"
+    PRUNED_IN_R0 = "pruned_in_R0"
+    PRUNED_IN_R1 = "pruned_in_R1"
+    ABORTED = "aborted"
+    BLAMED = "blamed"
+
+
 class SecAggError(Exception):
     """Base class of every error this library raises on purpose."""
 
@@ -63,6 +101,15 @@ class RemoteProtocolError(SecAggError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class ReconstructionFailed(RemoteProtocolError):
+    """``RECONSTRUCTION_FAILED`` with the clients the evidence blames (possibly none)."""
+
+    def __init__(self, detail: str, blame: dict[int, BlameReason]) -> None:
+        super().__init__(AbortReason.RECONSTRUCTION_FAILED, detail)
+        self.blame = dict(sorted(blame.items()))
+        self.blamed = tuple(self.blame)
 
 
 class DecodeError(RemoteProtocolError):

@@ -16,8 +16,8 @@ nothing and answers every live client with an ``Abort`` message.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,8 +35,11 @@ from protocol.crypto import MaskExpander, X25519Secret, ed25519_verify, x25519_i
 from protocol.encoding import WordArray, unpack_bits, word_dtype
 from protocol.errors import (
     AbortReason,
+    BlameReason,
+    ClientStatus,
     CryptoError,
     LocalProtocolError,
+    ReconstructionFailed,
     RemoteProtocolError,
 )
 from protocol.messages import (
@@ -54,7 +57,44 @@ from protocol.messages import (
     encode_share_bundles,
     encode_unmask_requests,
 )
-from protocol.shamir import decode_share, reconstruct_secrets
+from protocol.shamir import decode_share, judge_shares, reconstruct_secrets
+
+# Stage index of each collecting round, for the per-client status names.
+_STAGE = {
+    Round.R0_ADVERTISE_KEYS: 0,
+    Round.R1_SHARE_KEYS: 1,
+    Round.R2_MASKED_INPUT_COLLECTION: 2,
+    Round.R3_CONSISTENCY_CHECK: 3,
+    Round.R4_UNMASKING: 4,
+}
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """What became of one participant, and why (specs/secagg-v1.md §16.1).
+
+    Attributes:
+        status: the outcome.
+        reason: for ``refused_in_Ri`` the refusal's abort reason, for
+            ``blamed`` the blame reason; otherwise None.
+        detail: a sentence for the operator.
+    """
+
+    status: ClientStatus
+    reason: AbortReason | BlameReason | None = None
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        """A bounded metrics label: the status, ``refused_<reason>`` or ``blamed_<reason>``."""
+        if self.reason is None:
+            return self.status.value
+        prefix = "blamed" if self.status is ClientStatus.BLAMED else "refused"
+        return f"{prefix}_{self.reason.value}"
+
+
+# Rounds whose advance may leave out (prune) clients that did send.
+_PRUNING = frozenset({Round.R0_ADVERTISE_KEYS, Round.R1_SHARE_KEYS})
 
 
 @dataclass(frozen=True)
@@ -67,12 +107,14 @@ class AggregateResult:
         survivors: clients whose inputs are in the sum.
         dropped: clients that shared keys but whose input is not in the sum.
         stage_participants: how many clients sent in each round.
+        client_status: what became of every participant (§16.1).
     """
 
     aggregate: WordArray
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     stage_participants: Mapping[Round, int]
+    client_status: Mapping[int, ClientRecord] = field(default_factory=dict)
 
 
 class ServerSession:
@@ -106,6 +148,14 @@ class ServerSession:
         self._self_shares: dict[int, dict[int, int]] = defaultdict(dict)  # owner -> holder -> share
         self._key_shares: dict[int, dict[int, int]] = defaultdict(dict)
         self._result: AggregateResult | None = None
+        # Why each client left (§16.1); refusals of the round being collected.
+        self._status: dict[int, ClientRecord] = {
+            u: ClientRecord(ClientStatus.ACTIVE) for u in config.participants
+        }
+        self._refused: dict[int, tuple[AbortReason, str]] = {}
+        self._claimed: int | None = None
+        self.blame: Mapping[int, BlameReason] = {}
+        self.blame_detail = ""
 
     # -- driving API ------------------------------------------------------------
 
@@ -130,6 +180,16 @@ class ServerSession:
         return True
 
     @property
+    def client_status(self) -> Mapping[int, ClientRecord]:
+        """Every participant's status so far (final once the session is terminal)."""
+        return dict(self._status)
+
+    @property
+    def blamed(self) -> tuple[int, ...]:
+        """Clients the unmasking evidence blames (§13.1), ascending; empty unless aborted so."""
+        return tuple(sorted(self.blame))
+
+    @property
     def result(self) -> AggregateResult:
         """The aggregate of a completed session."""
         if self._result is None:
@@ -150,15 +210,27 @@ class ServerSession:
         """
         if self.round in TERMINAL:
             raise RemoteProtocolError(AbortReason.WRONG_ROUND, f"session is {self.round.value}")
+        try:
+            self._receive(data, authenticated_sender)
+        except RemoteProtocolError as exc:
+            # Attribute the refusal (§16.1): to the authenticated client if the
+            # transport names one, else to the claimed sender; only while that
+            # client is still expected in this round (a later valid message wins).
+            who = authenticated_sender if authenticated_sender is not None else self._claimed
+            if who is not None and who in self._expected and who not in self._received:
+                self._refused[who] = (exc.reason, exc.detail)
+            raise
+
+    def _receive(self, data: bytes, authenticated_sender: int | None) -> None:
+        self._claimed = None
         msg = decode_message(data)
-        if authenticated_sender is not None:
-            claimed = getattr(msg, "sender", None)
-            if claimed != authenticated_sender:
-                raise RemoteProtocolError(
-                    AbortReason.WRONG_SENDER,
-                    f"authenticated as client {authenticated_sender} but the message is "
-                    f"from {claimed}",
-                )
+        claimed = getattr(msg, "sender", None)
+        self._claimed = claimed if isinstance(claimed, int) else None
+        if authenticated_sender is not None and claimed != authenticated_sender:
+            raise RemoteProtocolError(
+                AbortReason.WRONG_SENDER,
+                f"authenticated as client {authenticated_sender} but the message is from {claimed}",
+            )
         if msg.session_id != self.session_id:
             raise RemoteProtocolError(AbortReason.WRONG_SESSION, "message of another session")
         expected_type = SERVER_ACCEPTS[self.round]
@@ -197,12 +269,46 @@ class ServerSession:
         try:
             out = self._plan_advance(senders, commit=True)
         except RemoteProtocolError as exc:
+            self._close_stage(senders, frozenset(live))
+            if isinstance(exc, ReconstructionFailed):
+                self.blame, self.blame_detail = exc.blame, exc.detail
+                for u, why in exc.blame.items():
+                    self._status[u] = ClientRecord(ClientStatus.BLAMED, why, exc.detail)
             return self._abort_to(live, exc.reason, exc.detail)
+        self._close_stage(senders, frozenset(out) if self.round in _PRUNING else senders)
+        if self.round is Round.R4_UNMASKING:
+            for u, record in self._status.items():
+                if record.status is ClientStatus.ACTIVE:
+                    self._status[u] = ClientRecord(ClientStatus.COMPLETED)
+            assert self._result is not None
+            self._result = AggregateResult(
+                aggregate=self._result.aggregate,
+                survivors=self._result.survivors,
+                dropped=self._result.dropped,
+                stage_participants=self._result.stage_participants,
+                client_status=dict(self._status),
+            )
         self._stage_counts[self.round] = len(senders)
         self.round = SERVER_ADVANCE[self.config.mode][self.round]
         self._expected = frozenset(out)
         self._received = {}
         return out
+
+    def _close_stage(self, senders: frozenset[int], kept: frozenset[int]) -> None:
+        """Record who missed the stage being closed: refused, dropped or pruned."""
+        stage = _STAGE[self.round]
+        for u in sorted(self._expected - senders):
+            if u in self._refused:
+                reason, detail = self._refused[u]
+                status = ClientStatus(f"refused_in_R{stage}")
+                self._status[u] = ClientRecord(status, reason, detail)
+            else:
+                self._status[u] = ClientRecord(ClientStatus(f"dropped_in_R{stage}"))
+        for u in sorted(senders - kept):
+            self._status[u] = ClientRecord(
+                ClientStatus(f"pruned_in_R{stage}"), None, f"fewer than {self._t} live neighbours"
+            )
+        self._refused = {}
 
     def abort(
         self, reason: AbortReason = AbortReason.CANCELLED, detail: str = ""
@@ -405,27 +511,21 @@ class ServerSession:
         acc = self._acc
         sid = self.session_id
         survivors = sorted(self._u3)
-        # Self masks of survivors: reconstruct b_u, remove PRG(b_u).
+        # §13 steps 1-3: reconstruct and check every secret; collect the
+        # failures so that the evidence of all of them is judged (§13.1).
         seeds = self._reconstruct(survivors, self._self_shares, responders)
-        for u in survivors:
-            if self_mask_commitment(seeds[u], sid, u) != self._commitments[u]:
-                raise RemoteProtocolError(
-                    AbortReason.RECONSTRUCTION_FAILED,
-                    f"reconstructed self-mask seed of {u} does not match its commitment",
-                )
-        minus = [self_mask_key(seeds[u], sid, u) for u in survivors]
+        bad_seeds = [u for u in survivors if not self._seed_check(u)(seeds[u])]
+        needed = [d for d in sorted(self._dropped) if self._nbrs[d] & self._u3]
+        mask_secrets = self._reconstruct(needed, self._key_shares, responders)
+        bad_keys = [d for d in needed if not self._mask_key_check(d)(mask_secrets[d])]
+        if bad_seeds or bad_keys:
+            raise self._blame(bad_seeds, bad_keys, responders)
+        minus = [self_mask_key(_checked(seeds[u]), sid, u) for u in survivors]
         plus: list[bytes] = []
         # Pairwise masks between a dropped client d and its surviving neighbours v:
         # y_v contains +PRG(s_vd) if v < d and -PRG(s_vd) if v > d; undo that.
-        needed = [d for d in sorted(self._dropped) if self._nbrs[d] & self._u3]
-        mask_secrets = self._reconstruct(needed, self._key_shares, responders)
         for d in needed:
-            secret = X25519Secret(mask_secrets[d])
-            if secret.public != self._adverts[d].mask_public_key:
-                raise RemoteProtocolError(
-                    AbortReason.RECONSTRUCTION_FAILED,
-                    f"reconstructed mask key of {d} does not match its public key",
-                )
+            secret = X25519Secret(_checked(mask_secrets[d]))
             for v in sorted(self._nbrs[d] & self._u3):
                 try:
                     key = pairwise_mask_key(secret, self._adverts[v].mask_public_key, sid, d, v)
@@ -444,13 +544,73 @@ class ServerSession:
             stage_participants=dict(self._stage_counts, **{Round.R4_UNMASKING: len(responders)}),
         )
 
+    def _seed_check(self, u: int) -> Callable[[bytes | None], bool]:
+        """§13 step 2: does a candidate self-mask seed of ``u`` match its commitment?"""
+        sid, commitment = self.session_id, self._commitments[u]
+
+        def check(seed: bytes | None) -> bool:
+            return seed is not None and self_mask_commitment(seed, sid, u) == commitment
+
+        return check
+
+    def _mask_key_check(self, d: int) -> Callable[[bytes | None], bool]:
+        """§13 step 3: is a candidate the secret of ``d``'s advertised mask key?"""
+        public = self._adverts[d].mask_public_key
+
+        def check(secret: bytes | None) -> bool:
+            return secret is not None and X25519Secret(secret).public == public
+
+        return check
+
+    def _blame(
+        self, bad_seeds: list[int], bad_keys: list[int], responders: frozenset[int]
+    ) -> ReconstructionFailed:
+        """§13.1: judge the shares of every secret that failed its check."""
+        blame: dict[int, BlameReason] = {}
+        notes: list[str] = []
+        cases = [
+            (
+                u,
+                "self-mask seed",
+                self._self_shares,
+                self._seed_check(u),
+                BlameReason.WRONG_SELF_MASK_COMMITMENT,
+            )
+            for u in bad_seeds
+        ] + [
+            (
+                d,
+                "mask key",
+                self._key_shares,
+                self._mask_key_check(d),
+                BlameReason.WRONG_MASK_PUBLIC_KEY,
+            )
+            for d in bad_keys
+        ]
+        for owner, what, shares, check, owner_reason in cases:
+            held = {h: y for h, y in shares[owner].items() if h in responders}
+            verdict = judge_shares(held, self._t, check)
+            if verdict.owner_at_fault:
+                blame.setdefault(owner, owner_reason)
+            for h in verdict.bad_holders:
+                blame.setdefault(h, BlameReason.SHARE_OFF_POLYNOMIAL)
+            notes.append(f"{what} of {owner}: {verdict.detail}")
+        first, what = (bad_seeds[0], "self-mask seed") if bad_seeds else (bad_keys[0], "mask key")
+        target = "its commitment" if bad_seeds else "its public key"
+        who = f"blamed {sorted(blame)}" if blame else "nobody blamed"
+        return ReconstructionFailed(
+            f"reconstructed {what} of {first} does not match {target}; {who} ({'; '.join(notes)})",
+            blame,
+        )
+
     def _reconstruct(
         self, owners: Iterable[int], shares: dict[int, dict[int, int]], responders: frozenset[int]
-    ) -> dict[int, bytes]:
+    ) -> dict[int, bytes | None]:
         """Reconstruct one secret per owner from the first t responding holders.
 
         Owners whose first t holders coincide share one set of Lagrange
-        coefficients (in the complete graph, almost all of them).
+        coefficients (in the complete graph, almost all of them). A value
+        ``>= 2**256`` is not a secret: None, judged like a failed check.
         """
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for owner in owners:
@@ -458,14 +618,26 @@ class ServerSession:
             if len(holders) < self._t:
                 raise self._below(f"only {len(holders)} shares for client {owner}")
             groups[tuple(holders[: self._t])].append(owner)
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | None] = {}
         for holders_t, group in groups.items():
             matrix = [[shares[o][h] for h in holders_t] for o in group]
-            for owner, secret in zip(group, reconstruct_secrets(holders_t, matrix), strict=True):
+            try:
+                secrets: list[bytes | None] = list(reconstruct_secrets(holders_t, matrix))
+            except RemoteProtocolError:  # some value >= 2**256: find which, one by one
+                secrets = []
+                for row in matrix:
+                    try:
+                        secrets.append(reconstruct_secrets(holders_t, [row])[0])
+                    except RemoteProtocolError:
+                        secrets.append(None)
+            for owner, secret in zip(group, secrets, strict=True):
                 out[owner] = secret
         return out
 
     def _abort_to(self, live: Iterable[int], reason: AbortReason, detail: str) -> dict[int, bytes]:
+        for u, record in self._status.items():
+            if record.status is ClientStatus.ACTIVE:
+                self._status[u] = ClientRecord(ClientStatus.ABORTED)
         self.round = Round.ABORTED
         self.abort_reason = reason
         self.abort_detail = detail
@@ -473,3 +645,9 @@ class ServerSession:
         self._self_shares.clear()
         self._key_shares.clear()
         return {u: Abort(self.session_id, reason).encode() for u in sorted(live)}
+
+
+def _checked(secret: bytes | None) -> bytes:
+    """A secret that passed its check (so it is not None)."""
+    assert secret is not None
+    return secret

@@ -40,7 +40,8 @@ Reconstruction
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from math import prod
 from operator import mul
 
@@ -297,3 +298,186 @@ def reconstruct_secrets(holders: Sequence[int], shares: Sequence[Sequence[int]])
             )
         out.append(value.to_bytes(SECRET_SIZE, "little"))
     return out
+
+
+# --------------------------------------------------------------------------
+# Consistency (blame at unmasking, specs/secagg-v1.md §13.1).
+# --------------------------------------------------------------------------
+
+
+def interpolate_at(
+    holders: Sequence[int], shares: Sequence[int], points: Sequence[int]
+) -> list[int]:
+    """Values at ``points`` of the polynomial of degree ``< len(holders)`` through the shares.
+
+    Barycentric form: with ``w_j = 1 / prod_{m != j} (x_j - x_m)``,
+    ``f(x) = prod_m (x - x_m) * sum_j w_j y_j / (x - x_j)`` for ``x`` not a
+    holder (``f(x_j) = y_j``). The weights cost ``O(t^2)`` small-integer
+    products once; each point then costs ``O(t)`` field operations and one
+    inversion (Montgomery's trick).
+
+    Args:
+        holders: distinct client ids in ``[1, 2**32 - 1]``, the x-coordinates.
+        shares: the field elements ``y_j`` of those holders, in the same order.
+        points: where to evaluate; integers in ``[0, 2**32 - 1]`` (0 gives the secret).
+
+    Returns:
+        One field element per point, in order.
+
+    Raises:
+        ConfigError: invalid holders, a length mismatch or a share outside ``[0, p)``.
+    """
+    xs = _check_holders(holders)
+    if not xs:
+        raise ConfigError("need at least one holder")
+    ys = list(shares)
+    if len(ys) != len(xs):
+        raise ConfigError(f"{len(ys)} shares for {len(xs)} holders")
+    if min(ys) < 0 or max(ys) >= FIELD_PRIME:
+        raise ConfigError("a share is not a field element")
+    p = FIELD_PRIME
+    denominators: list[int] = []
+    for xj in xs:
+        d = 1
+        for group in _groups([xj - xm for xm in xs if xm != xj]):
+            d = d * prod(group) % p
+        denominators.append(d)
+    weights = _batch_inverse(denominators)
+    wy = [w * y % p for w, y in zip(weights, ys, strict=True)]
+    at = dict(zip(xs, ys, strict=True))
+    out: list[int] = []
+    for x in points:
+        if x in at:
+            out.append(at[x])
+            continue
+        diffs = [x - xj for xj in xs]
+        numerator = 1
+        for group in _groups(diffs):
+            numerator = numerator * prod(group) % p
+        inverses = _batch_inverse([d % p for d in diffs])
+        out.append(numerator * (sum(map(mul, wy, inverses)) % p) % p)
+    return out
+
+
+def _batch_inverse(values: list[int]) -> list[int]:
+    """Inverses mod p of nonzero field elements, with a single ``pow`` (Montgomery's trick)."""
+    p = FIELD_PRIME
+    prefix: list[int] = []
+    running = 1
+    for v in values:
+        prefix.append(running)
+        running = running * v % p
+    inverse = pow(running, -1, p)
+    out = [0] * len(values)
+    for j in range(len(values) - 1, -1, -1):
+        out[j] = inverse * prefix[j] % p
+        inverse = inverse * values[j] % p
+    return out
+
+
+@dataclass(frozen=True)
+class ShareVerdict:
+    """Who is at fault for a secret that failed its public check (see :func:`judge_shares`).
+
+    Attributes:
+        owner_at_fault: every share lies on one polynomial whose secret fails
+            the check: the owner committed to (or advertised) something else.
+        bad_holders: holders whose share is off the polynomial whose secret
+            passes the check.
+        detail: a sentence saying what was found, or why nobody is blamed.
+    """
+
+    owner_at_fault: bool
+    bad_holders: tuple[int, ...]
+    detail: str
+
+    @property
+    def decided(self) -> bool:
+        """False when the evidence is insufficient and nobody is blamed."""
+        return self.owner_at_fault or bool(self.bad_holders)
+
+
+def max_blamable_holders(holders: int, threshold: int) -> int:
+    """``floor((m - t) / 2)``: at most this many holders are blamed for one secret.
+
+    A polynomial ``g != f`` of degree ``< t`` meets the dealer's ``f`` on at
+    most ``t - 1`` points. (Not ``t - 2``: the mask-key check pins only the
+    clamped X25519 scalar, so ``g(0) = f(0)`` is not guaranteed.) So if
+    ``|B|`` shares are off ``g`` and ``m - |B| >= |B| + t`` are on it, then
+    ``g = f`` unless at least ``ceil((m - t + 1) / 2)`` holders lie together.
+    """
+    return max(0, (holders - threshold) // 2)
+
+
+def judge_shares(
+    shares: Mapping[int, int], threshold: int, is_secret: Callable[[bytes], bool]
+) -> ShareVerdict:
+    """Tell a lying holder from a lying owner for a secret that failed its check.
+
+    The rule of ``specs/secagg-v1.md`` §13.1, with ``m = len(shares)``
+    holders sorted ascending and ``t = threshold``:
+
+    1. ``m = t``: nobody (one polynomial fits any ``t`` shares).
+    2. If every share lies on the polynomial ``g0`` through the first ``t``
+       and its secret fails the check: the owner is at fault.
+    3. Otherwise try the ``m`` cyclic windows of ``t`` consecutive holders
+       (the window starting at the ``i``-th holder, ``i = 0, 1, ...``); the
+       first whose secret passes ``is_secret`` defines ``g``.
+       The holders off ``g`` are at fault if there are at most
+       :func:`max_blamable_holders` of them; otherwise, or if no window
+       passes, nobody.
+
+    Work: ``m`` interpolations of ``t`` points (``O(m t^2)`` small-integer
+    products) plus ``O(m t)`` field operations; no subset search.
+
+    Args:
+        shares: holder id -> share (field element) of one secret.
+        threshold: ``t``.
+        is_secret: the public check (commitment, public key) of a 32-byte candidate.
+
+    Returns:
+        The verdict; never blames anyone when ``m <= t``.
+    """
+    xs = sorted(shares)
+    m, t = len(xs), threshold
+    if m <= t:
+        return ShareVerdict(
+            False,
+            (),
+            f"only {m} shares for threshold {t}: a lying holder and a lying "
+            "owner are indistinguishable",
+        )
+    ys = [shares[x] for x in xs]
+    secret0, *rest = interpolate_at(xs[:t], ys[:t], [0, *xs[t:]])
+    passes0 = secret0 < _SECRET_LIMIT and is_secret(secret0.to_bytes(SECRET_SIZE, "little"))
+    if not passes0 and rest == ys[t:]:
+        return ShareVerdict(
+            True, (), f"all {m} shares lie on one polynomial whose secret fails the check"
+        )
+    for start in range(m):
+        window = [(start + j) % m for j in range(t)]
+        wx = [xs[i] for i in window]
+        wy = [ys[i] for i in window]
+        (secret,) = interpolate_at(wx, wy, [0])
+        if secret >= _SECRET_LIMIT or not is_secret(secret.to_bytes(SECRET_SIZE, "little")):
+            continue
+        inside = set(window)
+        others = [i for i in range(m) if i not in inside]
+        values = interpolate_at(wx, wy, [xs[i] for i in others])
+        bad = tuple(xs[i] for i, v in zip(others, values, strict=True) if v != ys[i])
+        limit = max_blamable_holders(m, t)
+        if len(bad) > limit:
+            return ShareVerdict(
+                False,
+                (),
+                f"{len(bad)} of {m} shares are off the checked polynomial, more "
+                f"than {limit}: ambiguous",
+            )
+        return ShareVerdict(
+            False, bad, f"shares of {list(bad)} are off the polynomial whose secret passes"
+        )
+    return ShareVerdict(
+        False,
+        (),
+        f"no window of {t} consecutive holders of {m} reconstructs a secret that passes the check",
+    )

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session
 
 from protocol import ConfigError, DecodeError, RemoteProtocolError
 from protocol.authority import CertificationError, Roster, authority_key_id
@@ -89,7 +90,7 @@ class Coordinator:
 
     def runner(self, task_id: int) -> TaskRunner:
         runner = self.runners.get(task_id)
-        if runner is None:
+        if runner is None or runner.finished:  # e.g. completed or failed: clients stop
             raise ApiError(404, "unknown_task", f"task {task_id} is not running")
         return runner
 
@@ -184,6 +185,34 @@ class TaskCreate(BaseModel):
         Literal["R0", "R1", "R2", "R3", "R4"], Annotated[float, Field(gt=0, le=86400)]
     ] = Field(default_factory=dict)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
+    max_aborted_rounds: int = Field(
+        default=dbm.DEFAULT_MAX_ABORTED_ROUNDS,
+        ge=1,
+        le=10_000,
+        description="aborted rounds in a row after which the task is marked failed",
+    )
+
+
+class QuarantineEntry(BaseModel):
+    """A client excluded from a task's rounds because a round blamed it (specs §13.1)."""
+
+    client_id: int
+    round_number: int
+    reason: str
+    detail: str
+    since: str
+    lifted_at: str | None
+
+
+def _quarantine_json(q: dbm.Quarantine) -> QuarantineEntry:
+    return QuarantineEntry(
+        client_id=q.client_id,
+        round_number=q.round_number,
+        reason=q.reason,
+        detail=q.detail,
+        since=q.since.isoformat(),
+        lifted_at=q.lifted_at.isoformat() if q.lifted_at else None,
+    )
 
 
 def _task_json(t: dbm.Task) -> dict[str, Any]:
@@ -194,6 +223,10 @@ def _task_json(t: dbm.Task) -> dict[str, Any]:
         "vector_length": t.vector_length,
         "rounds": t.rounds,
         "current_round": t.current_round,
+        "completed_rounds": t.completed_rounds,
+        "aborted_in_a_row": t.aborted_in_a_row,
+        "max_aborted_rounds": t.max_aborted_rounds,
+        "failure_reason": t.failure_reason,
         "clients_per_round": t.clients_per_round,
         "min_clients": t.min_clients,
         "mode": t.mode.value,
@@ -221,6 +254,8 @@ def _round_json(r: dbm.Round) -> dict[str, Any]:
         "base_version": r.base_version,
         "result_version": r.result_version,
         "metrics": r.metrics,
+        "client_status": r.client_status,
+        "blamed": r.blamed,
         "started_at": r.started_at.isoformat(),
         "finished_at": r.finished_at.isoformat() if r.finished_at else None,
     }
@@ -374,6 +409,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
                     deadlines=dict(req.deadlines),
                     strategy=req.strategy,
                     current_round=0,
+                    max_aborted_rounds=req.max_aborted_rounds,
                 )
                 s.add(task)
                 s.flush()
@@ -442,8 +478,54 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             ).all()
             out = _task_json(task)
             out["rounds_detail"] = [_round_json(r) for r in rounds]
+            out["quarantined"] = [
+                _quarantine_json(q).model_dump() for q in _quarantine_rows(s, task_id, False)
+            ]
         out["versions"] = [_version_json(v) for v in coord.registry.list_versions(task_id)]
         return out
+
+    def _quarantine_rows(s: Session, task_id: int, lifted: bool) -> list[dbm.Quarantine]:
+        query = select(dbm.Quarantine).where(dbm.Quarantine.task_id == task_id)
+        if not lifted:
+            query = query.where(dbm.Quarantine.lifted_at.is_(None))
+        return list(s.scalars(query.order_by(dbm.Quarantine.client_id)))
+
+    @app.get(
+        "/v1/admin/tasks/{task_id}/quarantine",
+        response_model=list[QuarantineEntry],
+        summary="Clients excluded from the task's rounds after blame",
+    )
+    async def list_quarantine(
+        task_id: Id, _: Admin, include_lifted: bool = False
+    ) -> list[QuarantineEntry]:
+        with database.session() as s:
+            if s.get(dbm.Task, task_id) is None:
+                raise ApiError(404, "unknown_task", f"no task {task_id}")
+            return [_quarantine_json(q) for q in _quarantine_rows(s, task_id, include_lifted)]
+
+    @app.delete(
+        "/v1/admin/tasks/{task_id}/quarantine/{client_id}",
+        response_model=QuarantineEntry,
+        summary="Lift a client's quarantine: later rounds may select it again",
+    )
+    async def lift_quarantine(task_id: Id, client_id: Id, _: Admin) -> QuarantineEntry:
+        with database.session() as s:
+            if s.get(dbm.Task, task_id) is None:
+                raise ApiError(404, "unknown_task", f"no task {task_id}")
+            q = s.get(dbm.Quarantine, (task_id, client_id))
+            if q is None or q.lifted_at is not None:
+                raise ApiError(
+                    404,
+                    "not_quarantined",
+                    f"client {client_id} is not quarantined in task {task_id}",
+                )
+            q.lifted_at = dbm.utcnow()
+            entry = _quarantine_json(q)
+        runner = coord.runners.get(task_id)
+        if runner is not None:
+            runner.lift_quarantine(client_id)
+        coord.event("quarantine_lifted", {"task_id": task_id, "client": client_id, "by": "admin"})
+        return entry
 
     def weights_response(task_id: int, version: str) -> Response:
         """A stored version (or ``current``) as a .npy file with its content hash."""

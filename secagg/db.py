@@ -69,6 +69,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "ABORT_SERVER_RESTART",
+    "DEFAULT_MAX_ABORTED_ROUNDS",
     "DEFAULT_URL",
     "MAX_CLIENT_ID",
     "MIN_CLIENT_ID",
@@ -80,6 +81,7 @@ __all__ = [
     "GraphChoice",
     "ModelVersion",
     "ProtocolMode",
+    "Quarantine",
     "RequestNonce",
     "Round",
     "RoundKind",
@@ -112,6 +114,9 @@ SHA256_HEX_CHARS = 64
 MAX_NONCE_CHARS = 128
 
 ABORT_SERVER_RESTART = "server_restart"
+
+DEFAULT_MAX_ABORTED_ROUNDS = 10
+"""Aborted rounds in a row after which a task is marked ``failed`` (task setting)."""
 """``rounds.abort_reason`` of a round that was running when the server died."""
 
 
@@ -204,6 +209,7 @@ class TaskStatus(enum.StrEnum):
     PAUSED = "paused"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    FAILED = "failed"
 
 
 class ProtocolMode(enum.StrEnum):
@@ -342,6 +348,9 @@ class Task(Base):
         CheckConstraint("scale > 0", name="scale_positive"),
         CheckConstraint("max_weight >= 1", name="max_weight_positive"),
         CheckConstraint("current_round >= 0", name="current_round_nonnegative"),
+        CheckConstraint("completed_rounds >= 0", name="completed_rounds_nonnegative"),
+        CheckConstraint("aborted_in_a_row >= 0", name="aborted_in_a_row_nonnegative"),
+        CheckConstraint("max_aborted_rounds >= 1", name="max_aborted_rounds_positive"),
     )
 
     id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
@@ -369,6 +378,35 @@ class Task(Base):
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
+    # Only completed rounds count towards ``rounds``; ``aborted_in_a_row``
+    # consecutive aborts reaching ``max_aborted_rounds`` fail the task, with
+    # ``failure_reason`` saying why.
+    completed_rounds: Mapped[int] = mapped_column(Integer, default=0)
+    aborted_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
+    max_aborted_rounds: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ABORTED_ROUNDS)
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class Quarantine(Base):
+    """A client excluded from a task's rounds because the server blamed it.
+
+    One row per (task, client): blamed again after a lift, the row is reused.
+    ``lifted_at`` is set when an operator lifts the quarantine; the client is
+    quarantined while it is NULL. ``round_number`` is the round that blamed
+    it, ``reason`` the ``protocol.BlameReason`` value.
+    """
+
+    __tablename__ = "quarantine"
+
+    task_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(String(2000), default="")
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TaskRoster(Base):
@@ -456,7 +494,9 @@ class Round(Base):
     ``StageStats``. ``base_version`` is the model version the round started
     from (and evaluates, for eval rounds); ``result_version`` the version it
     produced. An aborted round has an ``abort_reason``; a finished one a
-    ``finished_at``.
+    ``finished_at``. ``client_status`` maps each participant (as a string) to
+    ``{"status", "reason", "detail"}`` (``protocol.ClientRecord``);
+    ``blamed`` lists the clients the unmasking blamed (specs §13.1).
     """
 
     __tablename__ = "rounds"
@@ -498,6 +538,8 @@ class Round(Base):
     base_version: Mapped[int] = mapped_column(Integer)
     result_version: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(_json())
+    client_status: Mapped[dict[str, dict[str, str | None]] | None] = mapped_column(_json())
+    blamed: Mapped[list[int] | None] = mapped_column(_json())
 
 
 # --------------------------------------------------------------------------- engine

@@ -11,7 +11,11 @@ select clients among those checked in, build the session configuration
 (graph and threshold derived from the task's dropout/corruption
 assumptions), run the secure aggregation, decode the weighted mean update
 and the evaluation sums, apply the strategy, and store the new model
-version. A round that aborts stores nothing but its record.
+version. A round that aborts stores nothing but its record: why each client
+dropped or was refused, and whom the unmasking blamed (specs/secagg-v1.md
+§13.1, §16). Blamed clients are quarantined from the task's later rounds
+until an operator lifts it. Only completed rounds count towards the task's
+``rounds``; ``max_aborted_rounds`` aborts in a row fail the task.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
 from protocol import (
+    ClientRecord,
     GraphKind,
     Mode,
     Round,
@@ -252,6 +258,11 @@ class TaskRunner:
         self._arrival = asyncio.Event()
         self._events = events or (lambda kind, data: None)
         self._stopped = False
+        # Clients excluded from selection (blamed; see specs §16.2). Loaded
+        # from the database when the loop starts, then kept in step with it.
+        self.quarantined: set[int] = set()
+        # True once run() has returned (task completed, failed, paused or stopped).
+        self.finished = False
 
     # -- clients --------------------------------------------------------------
 
@@ -277,12 +288,24 @@ class TaskRunner:
 
     # -- the loop ---------------------------------------------------------------
 
+    def lift_quarantine(self, client_id: int) -> None:
+        """The operator lifted ``client_id``'s quarantine (already stored): select it again."""
+        self.quarantined.discard(client_id)
+        self._arrival.set()
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.finished = True
+
+    async def _run(self) -> None:
+        self.quarantined = await asyncio.to_thread(load_quarantined, self.db, self.task_id)
         while not self._stopped:
             task = self._load_task()
             if task is None or task.status is not dbm.TaskStatus.ACTIVE:
                 return
-            if task.current_round >= task.rounds:
+            if task.completed_rounds >= task.rounds:
                 self._set_status(dbm.TaskStatus.COMPLETED)
                 self._events("task_completed", {"task_id": self.task_id})
                 return
@@ -296,7 +319,7 @@ class TaskRunner:
                 await asyncio.sleep(0.5)
 
     def _available(self) -> list[int]:
-        return [u for u, f in self.waiting.items() if not f.done()]
+        return [u for u, f in self.waiting.items() if not f.done() and u not in self.quarantined]
 
     async def _gather(self, minimum: int, wanted: int) -> list[int] | None:
         while not self._stopped:
@@ -431,14 +454,15 @@ class TaskRunner:
             for k, v in driver.stages.items()
         }
         finished = dbm.utcnow()
+        statuses = _status_json(server.client_status)
+        self._events(
+            "client_outcomes",
+            {"task_id": self.task_id, "round": number, "outcomes": _outcome_counts(server)},
+        )
         if server.round is Round.ABORTED:
             reason = server.abort_reason.value if server.abort_reason else "unknown"
-            with self.db.session() as s:
-                row = s.get(dbm.Round, driver.round_id)
-                assert row is not None
-                row.status, row.abort_reason = dbm.RoundStatus.ABORTED, reason
-                row.stage_stats, row.finished_at = stats, finished
-                s.get(dbm.Task, self.task_id).current_round = number  # type: ignore[union-attr]
+            blamed = {u: why.value for u, why in server.blame.items()}
+            self._record_abort(driver, number, reason, stats, finished, statuses, blamed)
             self._events(
                 "round_aborted",
                 {
@@ -446,20 +470,26 @@ class TaskRunner:
                     "round": number,
                     "reason": reason,
                     "detail": server.abort_detail,
+                    "blamed": sorted(blamed),
                 },
             )
+            for u, why in sorted(blamed.items()):
+                self._events(
+                    "client_blamed",
+                    {"task_id": self.task_id, "round": number, "client": u, "reason": why},
+                )
             return
         result = server.result
         total = from_modular(result.aggregate, driver.config.bit_width)
         try:
             mean, weight, metrics = encoding.decode(total)
         except ConfigError as exc:  # e.g. every survivor had zero weight
-            with self.db.session() as s:
-                row = s.get(dbm.Round, driver.round_id)
-                assert row is not None
-                row.status, row.abort_reason = dbm.RoundStatus.ABORTED, f"undecodable: {exc}"
-                row.stage_stats, row.finished_at = stats, finished
-                s.get(dbm.Task, self.task_id).current_round = number  # type: ignore[union-attr]
+            reason = f"undecodable: {exc}"
+            self._record_abort(driver, number, reason, stats, finished, statuses, {})
+            self._events(
+                "round_aborted",
+                {"task_id": self.task_id, "round": number, "reason": reason, "blamed": []},
+            )
             return
         eval_metrics = {
             "eval_accuracy": metrics.accuracy if metrics.count else None,
@@ -488,13 +518,66 @@ class TaskRunner:
             row.status = dbm.RoundStatus.COMPLETED
             row.stage_stats, row.finished_at = stats, finished
             row.result_version, row.metrics = version.version, eval_metrics
+            row.client_status, row.blamed = statuses, []
             t = s.get(dbm.Task, self.task_id)
             assert t is not None
             t.current_round, t.strategy_state = number, new_state
+            t.completed_rounds += 1
+            t.aborted_in_a_row = 0
         self._events(
             "round_completed",
             {"task_id": self.task_id, "round": number, "version": version.version, **eval_metrics},
         )
+
+    def _record_abort(
+        self,
+        driver: RoundDriver,
+        number: int,
+        reason: str,
+        stats: dict[str, dbm.StageStats],
+        finished: datetime,
+        statuses: dict[str, dict[str, str | None]],
+        blamed: dict[int, str],
+    ) -> None:
+        """Store an aborted round, quarantine whom it blamed, fail the task after too many.
+
+        One transaction: the round record, the quarantine rows and the task's
+        counters change together. An aborted round does not count towards the
+        task's ``rounds``.
+        """
+        failure = ""
+        with self.db.session() as s:
+            row = s.get(dbm.Round, driver.round_id)
+            assert row is not None
+            row.status, row.abort_reason = dbm.RoundStatus.ABORTED, reason
+            row.stage_stats, row.finished_at = stats, finished
+            row.client_status, row.blamed = statuses, sorted(blamed)
+            for u, why in sorted(blamed.items()):
+                q = s.get(dbm.Quarantine, (self.task_id, u))
+                if q is None:
+                    q = dbm.Quarantine(task_id=self.task_id, client_id=u)
+                    s.add(q)
+                q.round_number, q.reason, q.since, q.lifted_at = number, why, finished, None
+                q.detail = (driver.server.blame_detail or "")[:2000]
+            t = s.get(dbm.Task, self.task_id)
+            assert t is not None
+            t.current_round = number
+            t.aborted_in_a_row += 1
+            if t.aborted_in_a_row >= t.max_aborted_rounds and t.status is dbm.TaskStatus.ACTIVE:
+                t.status = dbm.TaskStatus.FAILED
+                t.failure_reason = (
+                    f"{t.aborted_in_a_row} rounds aborted in a row (limit "
+                    f"{t.max_aborted_rounds}); last: {reason}"
+                )[:500]
+                failure = t.failure_reason
+        self.quarantined.update(blamed)
+        for u in sorted(blamed):
+            self._events(
+                "client_quarantined", {"task_id": self.task_id, "round": number, "client": u}
+            )
+        if failure:
+            # run() sees the status and stops: no endless loop of aborts.
+            self._events("task_failed", {"task_id": self.task_id, "reason": failure})
 
     def _load_task(self) -> dbm.Task | None:
         with self.db.session() as s:
@@ -505,6 +588,37 @@ class TaskRunner:
             t = s.get(dbm.Task, self.task_id)
             if t is not None:
                 t.status = status
+
+
+def load_quarantined(db: dbm.Database, task_id: int) -> set[int]:
+    """Clients currently quarantined from ``task_id``'s rounds."""
+    with db.session() as s:
+        return set(
+            s.scalars(
+                select(dbm.Quarantine.client_id).where(
+                    dbm.Quarantine.task_id == task_id, dbm.Quarantine.lifted_at.is_(None)
+                )
+            )
+        )
+
+
+def _status_json(status: Mapping[int, ClientRecord]) -> dict[str, dict[str, str | None]]:
+    return {
+        str(u): {
+            "status": r.status.value,
+            "reason": r.reason.value if r.reason is not None else None,
+            "detail": r.detail,
+        }
+        for u, r in sorted(status.items())
+    }
+
+
+def _outcome_counts(server: ServerSession) -> dict[str, int]:
+    """How many participants ended with each label (status, refused_<r>, blamed_<r>)."""
+    counts: dict[str, int] = {}
+    for record in server.client_status.values():
+        counts[record.label] = counts.get(record.label, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def expected_bytes(config: SessionConfig) -> int:

@@ -18,13 +18,13 @@ def print_status(database_url: str, console: Console | None = None, last_rounds:
         tasks = list(s.scalars(select(dbm.Task).order_by(dbm.Task.id)))
         clients = len(list(s.scalars(select(dbm.Client.id))))
     console.print(f"[bold]secagg[/bold] {database_url} - {clients} enrolled clients")
-    table = Table("task", "name", "status", "round", "mode", "graph", "clients/round")
+    table = Table("task", "name", "status", "completed/rounds", "mode", "graph", "clients/round")
     for t in tasks:
         table.add_row(
             str(t.id),
             t.name,
-            t.status.value,
-            f"{t.current_round}/{t.rounds}",
+            t.status.value + (f" ({t.failure_reason})" if t.failure_reason else ""),
+            f"{t.completed_rounds}/{t.rounds}",
             t.mode.value,
             t.graph.value,
             str(t.clients_per_round),
@@ -48,6 +48,7 @@ def print_status(database_url: str, console: Console | None = None, last_rounds:
             "seconds",
             "accuracy",
             "version",
+            "blamed",
             title=f"task {t.id}: last {last_rounds} rounds",
         )
         for r in reversed(rounds):
@@ -62,8 +63,22 @@ def print_status(database_url: str, console: Console | None = None, last_rounds:
                 f"{secs:.2f}",
                 f"{acc:.3f}" if isinstance(acc, float) else "-",
                 str(r.result_version or "-"),
+                ",".join(map(str, r.blamed or [])) or "-",
             )
         console.print(rt)
+        with db.session() as s:
+            quarantined = list(
+                s.scalars(
+                    select(dbm.Quarantine)
+                    .where(dbm.Quarantine.task_id == t.id, dbm.Quarantine.lifted_at.is_(None))
+                    .order_by(dbm.Quarantine.client_id)
+                )
+            )
+        if quarantined:
+            qt = Table("client", "round", "reason", "since", title=f"task {t.id}: quarantined")
+            for q in quarantined:
+                qt.add_row(str(q.client_id), str(q.round_number), q.reason, q.since.isoformat())
+            console.print(qt)
         vt = Table(
             "version",
             "parent",

@@ -63,7 +63,13 @@ from protocol.crypto import (
     x25519_is_valid_public,
 )
 from protocol.encoding import pack_bits, to_modular
-from protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
+from protocol.errors import (
+    AbortReason,
+    BlameReason,
+    ClientStatus,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from protocol.messages import (
     _BODY_LENGTHS,
     MAX_ID,
@@ -456,6 +462,18 @@ def check_ed25519_rules(text: str) -> None:
     assert [r["#"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)], "rule numbers"
     got = [ticks(r["Rejection"]) for r in rows]
     assert got == [r.value for r in Ed25519Rejection], "Ed25519 rules differ from the code"
+
+
+def check_blame_reasons(text: str) -> None:
+    rows = table(text, "blame-reasons")
+    got = [(ticks(r["Name"]), ticks(r["Value"])) for r in rows]
+    assert got == [(r.name, r.value) for r in BlameReason], "blame reasons differ from the code"
+
+
+def check_client_statuses(text: str) -> None:
+    rows = table(text, "client-statuses")
+    got = [(ticks(r["Name"]), ticks(r["Value"])) for r in rows]
+    assert got == [(r.name, r.value) for r in ClientStatus], "client statuses differ from the code"
 
 
 def _class_to_type() -> dict[str, MessageType]:
@@ -945,6 +963,8 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "key-schedule": (SECAGG, check_key_schedule),
     "abort-reasons": (SECAGG, check_abort_reasons),
     "ed25519-rules": (SECAGG, check_ed25519_rules),
+    "blame-reasons": (SECAGG, check_blame_reasons),
+    "client-statuses": (SECAGG, check_client_statuses),
     "client-transitions": (SECAGG, check_client_transitions),
     "server-transitions": (SECAGG, check_server_transitions),
     "client-diagram": (SECAGG, check_client_diagram),
@@ -1081,8 +1101,26 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     (
         "code",
         SECAGG,
-        "if self_mask_commitment(seeds[u], sid, u) != self._commitments[u]:",
-        "if self_mask_commitment(seeds[u], sid, u) == self._commitments[u]:",
+        "return seed is not None and self_mask_commitment(seed, sid, u) == commitment",
+        "return seed is None or self_mask_commitment(seed, sid, u) == commitment",
+    ),
+    (
+        "code",
+        SECAGG,
+        "if bad_seeds or bad_keys:\n    raise self._blame",
+        "if bad_seeds:\n    raise self._blame",
+    ),
+    (
+        "blame-reasons",
+        SECAGG,
+        "| `SHARE_OFF_POLYNOMIAL` | `share_off_polynomial` |",
+        "| `SHARE_OFF_POLYNOMIAL` | `bad_share` |",
+    ),
+    (
+        "client-statuses",
+        SECAGG,
+        "| `DROPPED_IN_R2` | `dropped_in_R2` |\n",
+        "",
     ),
     (
         "code",
@@ -1534,3 +1572,74 @@ def test_decoder_accepts_exactly_the_cbor_subset(message: str, case: str) -> Non
     else:
         with pytest.raises(DecodeError):
             decode_message(data)
+
+
+# ---------------------------------------------------------------------------
+# §13.1 blame, written from the spec with naive Lagrange interpolation.
+# ---------------------------------------------------------------------------
+
+_P = (1 << 256) + 297
+
+
+def _naive_eval(points: list[tuple[int, int]], x: int) -> int:
+    total = 0
+    for j, (xj, yj) in enumerate(points):
+        term = yj
+        for m, (xm, _) in enumerate(points):
+            if m != j:
+                term = term * (x - xm) % _P * pow(xj - xm, -1, _P) % _P
+        total = (total + term) % _P
+    return total
+
+
+def _spec_blame(
+    shares: dict[int, int], t: int, check: Callable[[bytes], bool]
+) -> tuple[bool, tuple[int, ...]]:
+    """(owner blamed, holders blamed) by rules 1-3 of §13.1."""
+    xs = sorted(shares)
+    m = len(xs)
+
+    def passes(v: int) -> bool:
+        return v < 1 << 256 and check(v.to_bytes(32, "little"))
+
+    if m == t:
+        return False, ()
+    g0 = [(x, shares[x]) for x in xs[:t]]
+    if all(_naive_eval(g0, x) == shares[x] for x in xs) and not passes(_naive_eval(g0, 0)):
+        return True, ()
+    for i in range(m):
+        window = [(xs[(i + j) % m], shares[xs[(i + j) % m]]) for j in range(t)]
+        if passes(_naive_eval(window, 0)):
+            bad = tuple(x for x in xs if _naive_eval(window, x) != shares[x])
+            return (False, bad) if len(bad) <= (m - t) // 2 else (False, ())
+    return False, ()
+
+
+@pytest.mark.parametrize("case", range(60))
+def test_blame_is_section_13_1(case: int) -> None:
+    from protocol.shamir import judge_shares, split_secrets
+
+    rng = DeterministicRandom(b"blame-%d" % case)
+
+    def draw(n: int) -> int:
+        return int.from_bytes(rng.random_bytes(4), "little") % n
+
+    t = 1 + draw(5)
+    m = t + draw(6)
+    xs = sorted({1 + draw(1000) for _ in range(3 * m)})[:m]
+    if len(xs) < m:
+        pytest.skip("not enough distinct holders drawn")
+    secret = rng.random_bytes(32)
+    (row,) = split_secrets([secret], xs, t, rng)
+    shares = dict(zip(xs, row, strict=True))
+    for x in xs:  # any number of liars, beyond the bound too
+        if draw(4) == 0:
+            shares[x] = (shares[x] + 1 + draw(1 << 30)) % _P
+    owner_lies = draw(2) == 0
+    committed = hashlib.sha256(b"other" if owner_lies else secret).digest()
+
+    def check(s: bytes) -> bool:
+        return hashlib.sha256(s).digest() == committed
+
+    verdict = judge_shares(shares, t, check)
+    assert (verdict.owner_at_fault, verdict.bad_holders) == _spec_blame(shares, t, check)

@@ -324,6 +324,18 @@ def check_constants(text: str) -> None:
             )
 
 
+def check_decoding_limits(text: str) -> None:
+    """messages-v1.md §1.1: the decoder limits, as the live constants."""
+    rows = table(text, "decoding-limits")
+    for row in rows:
+        want = literal(ticks(row["Value"]))
+        got = resolve(ticks(row["Code"]))
+        assert type(got) is type(want) and got == want, (
+            f"{row['Limit']}: spec says {want!r}, {row['Code']} is {got!r}"
+        )
+    assert {ticks(r["Code"]) for r in rows} >= {"protocol._cbor.MAX_DEPTH"}
+
+
 def check_config_fields(text: str) -> None:
     rows = table(text, "config-fields")
     cfg = sample_config()
@@ -788,6 +800,7 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "packing-example": (MESSAGES, check_packing_example),
     "example-transcript": (MESSAGES, check_example_transcript),
     "message-sizes": (MESSAGES, check_message_sizes),
+    "decoding-limits": (MESSAGES, check_decoding_limits),
 }
 
 
@@ -813,6 +826,18 @@ def test_every_quote_marker_is_checked() -> None:
 
 # (check name or "code", file, old text, new text): each alteration must be caught.
 MUTATIONS: list[tuple[str, str, str, str]] = [
+    (
+        "decoding-limits",
+        MESSAGES,
+        "| Deepest array nesting | `8` |",
+        "| Deepest array nesting | `9` |",
+    ),
+    (
+        "decoding-limits",
+        MESSAGES,
+        "| Scan steps, bytes per step | `64` |",
+        "| Scan steps, bytes per step | `32` |",
+    ),
     ("constants", SECAGG, "`2**256 + 297`", "`2**256 + 299`"),
     ("constants", SECAGG, '`b"secagg-v1"`', '`"secagg-v1"`'),
     ("config-fields", SECAGG, "| 4 | `threshold` |", "| 4 | `degree` |"),

@@ -2,7 +2,8 @@
 
 A ``secagg serve`` process (plain HTTP on loopback, SQLite) is attacked for
 ``duration`` seconds, each attack from its own loopback address, while a
-prober on 127.0.0.1 opens a fresh connection to ``/healthz`` every 50 ms:
+prober process on 127.0.0.1 opens a fresh connection to ``/healthz`` every
+50 ms:
 
 * 127.0.0.2 holds half-open connections (a request head that never ends)
   beyond the per-host cap, reopening each one the server closes;
@@ -314,6 +315,22 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _probe_process(url: str, duration_s: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.hostile_load",
+            "--probe",
+            url,
+            "--duration",
+            str(duration_s),
+        ],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
 def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
     proc, url = start_server(work)
     try:
@@ -321,7 +338,9 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
             tokens = [http.post("/v1/admin/tokens", json={}).json()["token"] for _ in range(3)]
         idents = [enrol(url, t) for t in tokens]
         round_id = _round_for(url, idents[:2])
-        time.sleep(0.5)
+        # The same probe without any attack, for comparison on a shared machine.
+        baseline = _probe_process(url, min(5.0, duration_s / 2)).communicate()[0]
+        base_latencies = json.loads(baseline)["latencies"]
         rss_before = rss_bytes(proc.pid)
         attack = Attack(url, duration_s)
         threads = [
@@ -334,20 +353,15 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
         for t in threads:
             t.start()
         time.sleep(min(2.0, duration_s / 4))  # let the attack build up
-        latencies: list[float] = []
-        failures: list[str] = []
+        # The prober is its own process, so the attackers' threads here do not
+        # delay it (they share this process's GIL).
+        prober = _probe_process(url, max(1.0, attack.stop_at - time.monotonic()))
         rss_peak = rss_before
-        while attack.running():
-            start = time.perf_counter()
-            try:
-                r = httpx.get(url + "/healthz", timeout=10)
-                if r.status_code != 200:
-                    failures.append(f"status {r.status_code}")
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-            latencies.append(time.perf_counter() - start)
+        while prober.poll() is None:
             rss_peak = max(rss_peak, rss_bytes(proc.pid))
             time.sleep(0.05)
+        probed = json.loads(prober.communicate()[0])
+        latencies, failures = probed["latencies"], probed["failures"]
         for t in threads:
             t.join(timeout=30)
         rss_after = rss_bytes(proc.pid)
@@ -359,6 +373,8 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
             "healthz_p50_ms": round(_percentile(latencies, 0.50) * 1e3, 1),
             "healthz_p99_ms": round(_percentile(latencies, 0.99) * 1e3, 1),
             "healthz_max_ms": round(max(latencies) * 1e3, 1),
+            "healthz_no_attack_p50_ms": round(_percentile(base_latencies, 0.50) * 1e3, 1),
+            "healthz_no_attack_p99_ms": round(_percentile(base_latencies, 0.99) * 1e3, 1),
             "rss_before_mib": round(rss_before / MIB, 1),
             "rss_peak_mib": round(rss_peak / MIB, 1),
             "rss_after_mib": round(rss_after / MIB, 1),
@@ -369,10 +385,32 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
         stop_server(proc)
 
 
+def probe(url: str, duration_s: float) -> dict[str, Any]:
+    """GET /healthz on a fresh connection every 50 ms; latencies and failures."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    stop_at = time.monotonic() + duration_s
+    while time.monotonic() < stop_at:
+        start = time.perf_counter()
+        try:
+            r = httpx.get(url + "/healthz", timeout=10)
+            if r.status_code != 200:
+                failures.append(f"status {r.status_code}")
+        except httpx.HTTPError as exc:
+            failures.append(repr(exc))
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.05)
+    return {"latencies": latencies, "failures": failures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--probe", metavar="URL", help="only probe URL/healthz (internal)")
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.duration)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps(run(Path(tmp), args.duration)))
 

@@ -40,7 +40,7 @@ from secagg.auth import (
     purge_stale_nonces,
     verify_body,
 )
-from secagg.limits import BodyLimitMiddleware, BodyTooLarge
+from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from secagg.orchestrator import TaskRunner
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
 from secagg.settings import Settings
@@ -169,6 +169,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERR, "description": "Unknown task or version"},
     409: {**_ERR, "description": "Conflicts with the protocol state or stored data"},
     410: {**_ERR, "description": "The round is over"},
+    408: {**_ERR, "description": "Body not received within the configured time"},
     413: {**_ERR, "description": "Body larger than the configured limit"},
     415: {**_ERR, "description": "Wrong content type"},
     422: {**_ERR, "description": "Fields that fail validation"},
@@ -291,6 +292,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
 
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_: Request, exc: BodyTimeout) -> JSONResponse:
+        return _error(408, "body_timeout", str(exc.detail))
+
     @app.exception_handler(BodyTooLarge)
     async def _body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         return _error(413, "body_too_large", str(exc.detail))
@@ -316,7 +321,9 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
 
     # Body bytes are counted as they stream, chunked bodies included; also turns
     # an escaping exception into a typed 500 (secagg/limits.py).
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(
+        BodyLimitMiddleware, limit_for=body_limit, body_timeout_s=settings.body_timeout_s
+    )
 
     # -- dependencies ------------------------------------------------------------
 

@@ -8,7 +8,8 @@ Two layers, both sized by :class:`secagg.settings.Settings`:
   more than the limit plus one transport chunk. A declared ``Content-Length``
   over the limit is refused before the body is read at all. The limit depends
   on the request (``limit_for``): large only where the sender is known before
-  the body is read, small for everything an anonymous peer can send.
+  the body is read, small for everything an anonymous peer can send. The
+  whole body must arrive within ``body_timeout_s`` (else a typed 408).
 * :func:`guarded_h11_protocol` builds uvicorn's h11 protocol with a header
   deadline (a connection whose request head is not complete within
   ``header_timeout_s`` is closed: slowloris), and two connection caps checked
@@ -51,6 +52,13 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
+class BodyTimeout(HTTPException):
+    """The request body did not arrive within the body deadline (a slow-body attack)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"request body not received within {seconds:g} s")
+
+
 def _json_error(status: int, code: str, detail: str) -> tuple[dict[str, Any], dict[str, Any]]:
     body = json.dumps({"error": code, "detail": detail}).encode()
     start = {
@@ -72,8 +80,10 @@ class BodyLimitMiddleware:
     becomes a typed 500 (the request changed nothing), never a traceback page.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int]) -> None:
-        self.app, self.limit_for = app, limit_for
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[Scope], int], body_timeout_s: float
+    ) -> None:
+        self.app, self.limit_for, self.body_timeout_s = app, limit_for, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,10 +110,19 @@ class BodyLimitMiddleware:
         received = 0
         body_done = not has_body
         started = False
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + self.body_timeout_s
 
         async def counted_receive() -> Message:
             nonlocal received, body_done
-            message = await receive()
+            if body_done:
+                return await receive()
+            # The whole body must arrive by the deadline: a peer trickling it
+            # would otherwise hold a request (and its buffer) for ever.
+            try:
+                message = await asyncio.wait_for(receive(), body_deadline - loop.time())
+            except TimeoutError:
+                raise BodyTimeout(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -123,6 +142,9 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
+        except BodyTimeout as exc:
+            if not started:
+                await self._respond(send, 408, "body_timeout", str(exc.detail))
         except BodyTooLarge:
             if not started:
                 detail = f"body of more than {limit} bytes refused"

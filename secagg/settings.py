@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="a connection whose request head (line and headers) is not complete "
         "this long after it opened, or after the next request began, is closed",
     )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="a request body must arrive within this (64 MiB in 120 s is 0.5 MiB/s); "
+        "a slower one gets 408 and its connection is closed",
+    )
     keepalive_timeout_s: int = Field(
         default=5, ge=1, le=300, description="an idle keep-alive connection is closed after this"
     )

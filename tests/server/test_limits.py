@@ -39,6 +39,7 @@ from tests.server.helpers import ADMIN, admin, new_token, running_server
 LIMIT = 100_000  # max_body_bytes: protocol messages and admin uploads
 PUBLIC = 4096  # max_public_body_bytes: anything an anonymous peer can send
 CHUNK = 1024
+BODY_TIMEOUT_S = 0.5
 
 
 # -- an ASGI harness: the app without a network, every receive() counted ---------------
@@ -72,6 +73,18 @@ class Call:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+class TricklingCall(Call):
+    """A body that starts and then never goes on (a slow-body attack)."""
+
+    async def receive(self) -> dict[str, Any]:
+        self.receive_calls += 1
+        if self.receive_calls == 1:
+            self.pulled += 1
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
 
 
 def _endless(size: int = CHUNK) -> Iterator[bytes]:
@@ -108,6 +121,7 @@ def app_db(tmp_path: Path) -> tuple[Any, dbm.Database]:
         admin_token=ADMIN,
         max_body_bytes=LIMIT,
         max_public_body_bytes=PUBLIC,
+        body_timeout_s=BODY_TIMEOUT_S,
     )
     return create_app(settings, db), db
 
@@ -138,6 +152,26 @@ def test_a_chunked_body_is_cut_off_at_the_limit(app_db: tuple[Any, dbm.Database]
     # What the attacker achieved: the server took in at most the limit plus one chunk.
     assert PUBLIC < call.pulled <= PUBLIC + CHUNK
     assert call.headers.get(b"connection") == b"close"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/v1/enrol"), ("POST", "/v1/rounds/1/messages")]
+)
+def test_a_trickled_body_is_cut_off_at_the_deadline(
+    app_db: tuple[Any, dbm.Database], method: str, path: str
+) -> None:
+    app, db = app_db
+    ident, cid = _enrolled(db)
+    headers = _signed_headers(ident, cid, method, path, b"")
+    headers |= {"transfer-encoding": "chunked", "content-type": "application/json"}
+    if path.endswith("messages"):
+        headers["content-type"] = CBOR_MEDIA_TYPE
+    started = time.monotonic()
+    call = _asgi(app, method, path, headers, TricklingCall(iter(())))
+    # What the attacker achieved: its request was held for the deadline, not for ever.
+    assert call.status == 408 and call.json()["error"] == "body_timeout"
+    assert call.headers.get(b"connection") == b"close"
+    assert BODY_TIMEOUT_S * 0.8 <= time.monotonic() - started < BODY_TIMEOUT_S + 5
 
 
 @pytest.mark.parametrize("credential", [None, "Bearer wrong", f"Bearer {ADMIN}"])

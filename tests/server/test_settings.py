@@ -47,6 +47,7 @@ def test_readme_documents_every_service_limit_with_its_default() -> None:
         "max_body_bytes",
         "max_public_body_bytes",
         "header_timeout_s",
+        "body_timeout_s",
         "keepalive_timeout_s",
         "max_connections",
         "max_connections_per_ip",

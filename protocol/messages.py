@@ -526,12 +526,13 @@ _MASKED_INPUT_PREFIX = bytes((0x84, int(MessageType.MASKED_INPUT)))
 def decode_message(data: bytes) -> Message:
     """Decode canonical bytes into a message; :class:`DecodeError` for anything else."""
     if isinstance(data, bytes) and data[:2] == _MASKED_INPUT_PREFIX:
-        value = _cbor.loads_subset(data, views=True)  # one large byte string: no copy
+        # [4, session_id, sender, masked]: five items, one large byte string (no copy).
+        value = _cbor.loads_subset(data, views=True, max_items=5)
     else:
         value = _cbor.loads(data)
     if not isinstance(value, list) or len(value) < 2:
         raise DecodeError("a message is an array [type, session_id, ...]")
-    tag, session_id, *fields = value
+    tag, session_id = value[0], value[1]
     if (
         not isinstance(tag, int)
         or isinstance(tag, bool)
@@ -539,8 +540,9 @@ def decode_message(data: bytes) -> Message:
     ):
         raise DecodeError(f"unknown message type {tag!r}")
     cls, length = _BODY_LENGTHS[MessageType(tag)]
-    if len(fields) != length:
-        raise DecodeError(f"{cls.__name__} has {length} body fields, got {len(fields)}")
+    if len(value) - 2 != length:
+        raise DecodeError(f"{cls.__name__} has {length} body fields, got {len(value) - 2}")
+    fields = value[2:]
     session = _bytes(session_id, SESSION_ID_SIZE, "session_id")
     return cls.from_fields(session, fields)  # type: ignore[attr-defined, no-any-return]
 

@@ -8,8 +8,10 @@ sends can cause a 500 or change stored data it should not.
 
 import asyncio
 import base64
+import hmac
 import io
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,12 +33,23 @@ from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
 from secagg import metrics as prom
-from secagg.auth import AuthError, authenticate, check_admin, create_enrolment_token, enrol
+from secagg.auth import (
+    AuthError,
+    check_admin,
+    check_headers,
+    create_enrolment_token,
+    enrol,
+    purge_stale_nonces,
+    verify_body,
+)
+from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from secagg.orchestrator import TaskRunner
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
 from secagg.settings import Settings
 
 log = logging.getLogger("secagg.app")
+
+_MESSAGES_PATH = re.compile(r"/v1/rounds/[0-9]{1,19}/messages")
 
 
 class ApiError(Exception):
@@ -58,6 +71,8 @@ class Coordinator:
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
+        # (task, client) pairs known to have been assigned a round of the task.
+        self._eligible: set[tuple[int, int]] = set()
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         log.info(kind, extra={"event": kind, **data})
@@ -94,6 +109,34 @@ class Coordinator:
             raise ApiError(404, "unknown_task", f"task {task_id} is not running")
         return runner
 
+    def may_download(self, task_id: int, client_id: int) -> bool:
+        """Whether the client has ever been assigned a round of the task (blocking: DB)."""
+        if (task_id, client_id) in self._eligible:
+            return True
+        with self.db.session() as s:
+            rounds = s.scalars(
+                select(dbm.Round.participants)
+                .where(dbm.Round.task_id == task_id)
+                .order_by(dbm.Round.number.desc())
+            )
+            if not any(client_id in participants for participants in rounds):
+                return False
+        self._eligible.add((task_id, client_id))
+        return True
+
+    async def purge_nonces_forever(self) -> None:
+        """Delete request nonces that can no longer be replayed, every interval."""
+        while True:
+            try:
+                purged = await run_in_threadpool(
+                    purge_stale_nonces, self.db, self.settings.request_clock_skew_s
+                )
+                if purged:
+                    log.info("purged %d stale request nonces", purged)
+            except Exception:  # a failed purge is retried; it must not stop the server
+                log.exception("purging request nonces failed")
+            await asyncio.sleep(self.settings.nonce_purge_interval_s)
+
     def round_driver(self, round_id: int) -> Any:
         for runner in self.runners.values():
             driver = runner.rounds.get(round_id)
@@ -108,6 +151,9 @@ class Coordinator:
 # Identifiers are 63-bit database keys; larger numbers are refused as 422, not 500.
 Id = Annotated[int, Path(ge=1, le=(1 << 63) - 1)]
 Seq = Annotated[int, Path(ge=0, le=1 << 20)]
+# Model versions are 32-bit database integers (PostgreSQL INTEGER).
+MAX_VERSION = (1 << 31) - 1
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 class ErrorResponse(BaseModel):
@@ -125,6 +171,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERR, "description": "Unknown task or version"},
     409: {**_ERR, "description": "Conflicts with the protocol state or stored data"},
     410: {**_ERR, "description": "The round is over"},
+    408: {**_ERR, "description": "Body not received within the configured time"},
     413: {**_ERR, "description": "Body larger than the configured limit"},
     415: {**_ERR, "description": "Wrong content type"},
     422: {**_ERR, "description": "Fields that fail validation"},
@@ -268,7 +315,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await coord.start()
+        purger = asyncio.get_running_loop().create_task(coord.purge_nonces_forever())
         yield
+        purger.cancel()
+        await asyncio.gather(purger, return_exceptions=True)
         await coord.stop()
 
     app = FastAPI(
@@ -290,46 +340,52 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
 
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_: Request, exc: BodyTimeout) -> JSONResponse:
+        return _error(408, "body_timeout", str(exc.detail))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, "body_too_large", str(exc.detail))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "invalid_request", str(exc.errors()))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > settings.max_body_bytes
-            except ValueError:
-                return _error(400, "bad_content_length", "Content-Length is not a number")
-            if too_big:
-                return _error(
-                    413,
-                    "body_too_large",
-                    f"body of {length} bytes exceeds {settings.max_body_bytes}",
-                )
-        try:
-            response: Response = await call_next(request)
-        except Exception:  # last line of defence: never leak a traceback as a 500 page
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return _error(500, "internal_error", "internal error; the request changed nothing")
-        return response
+    def body_limit(scope: Any) -> int:
+        """Large bodies only where the sender is checked before its body is read:
+        protocol messages (signed headers, checked first by ``client_id``) and
+        admin requests carrying the admin credential. Anything an anonymous peer
+        can send is small."""
+        if scope["method"] == "POST" and _MESSAGES_PATH.fullmatch(scope["path"]):
+            return settings.max_body_bytes
+        if scope["path"].startswith("/v1/admin/"):
+            for name, value in scope["headers"]:
+                if name == b"authorization" and hmac.compare_digest(
+                    value, b"Bearer " + coord.admin_token.encode()
+                ):
+                    return settings.max_body_bytes
+        return settings.max_public_body_bytes
+
+    # Body bytes are counted as they stream, chunked bodies included; also turns
+    # an escaping exception into a typed 500 (secagg/limits.py).
+    app.add_middleware(
+        BodyLimitMiddleware, limit_for=body_limit, body_timeout_s=settings.body_timeout_s
+    )
 
     # -- dependencies ------------------------------------------------------------
 
     async def client_id(request: Request) -> int:
-        body = await request.body()
+        # Headers first: a request from nobody, stale or malformed is refused
+        # before a byte of its body is read; then the body (bounded by the
+        # middleware) and the signature, which covers the body's hash.
         headers = {k.lower(): v for k, v in request.headers.items()}
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await run_in_threadpool(
-            authenticate,
-            database,
-            headers,
-            request.method,
-            path,
-            body,
-            clock_skew_s=settings.request_clock_skew_s,
+        pending = await run_in_threadpool(
+            check_headers, database, headers, clock_skew_s=settings.request_clock_skew_s
         )
+        body = await request.body()
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return await run_in_threadpool(verify_body, database, pending, request.method, path, body)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         check_admin(authorization, coord.admin_token)
@@ -548,7 +604,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         return weights_response(task_id, version)
 
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/promote")
-    async def promote(task_id: Id, version: Id, _: Admin) -> dict[str, Any]:
+    async def promote(task_id: Id, version: Version, _: Admin) -> dict[str, Any]:
         return _version_json(_registry_call(coord.registry.promote, task_id, version))
 
     @app.post("/v1/admin/tasks/{task_id}/rollback")
@@ -556,14 +612,21 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         return _version_json(_registry_call(coord.registry.rollback, task_id))
 
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/tags/{tag}")
-    async def tag(task_id: Id, version: Id, tag: str, _: Admin) -> dict[str, Any]:
+    async def tag(task_id: Id, version: Version, tag: str, _: Admin) -> dict[str, Any]:
         return _version_json(_registry_call(coord.registry.tag, task_id, version, tag))
 
     # -- clients -----------------------------------------------------------------
 
     @app.get("/v1/tasks/{task_id}/models/{version}")
-    async def download(task_id: Id, version: str, _: Client) -> Response:
-        """The global model a client trains from (a version number or ``current``)."""
+    async def download(task_id: Id, version: str, cid: Client) -> Response:
+        """The global model a client trains from (a version number or ``current``).
+
+        Only for clients that have been assigned a round of the task.
+        """
+        if not await run_in_threadpool(coord.may_download, task_id, cid):
+            raise ApiError(
+                403, "not_eligible", f"client {cid} has not been assigned a round of task {task_id}"
+            )
         return weights_response(task_id, version)
 
     @app.post(
@@ -586,6 +649,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
                 415, "unsupported_media_type", f"protocol messages are {CBOR_MEDIA_TYPE}"
             )
         driver = coord.round_driver(round_id)
+        if cid not in driver.mailboxes:  # before anything decodes the body
+            raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
         body = await request.body()
         try:
             await driver.submit(cid, body)
@@ -624,10 +689,14 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
 
 
 def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise ApiError(400, f"bad_{what}", f"{what} must be an integer or 'current'") from exc
+    """A path integer in [1, MAX_VERSION]: plain decimal digits, range-checked before use."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not (
+        1 <= int(text) <= MAX_VERSION
+    ):
+        raise ApiError(
+            400, f"bad_{what}", f"{what} must be an integer in [1, {MAX_VERSION}] or 'current'"
+        )
+    return int(text)
 
 
 def _registry_call(fn: Any, *args: Any) -> Any:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
+from protocol.config import MAX_CLIENT_ID
 from protocol.transport import (
     HEADER_CLIENT,
     HEADER_NONCE,
@@ -39,6 +41,24 @@ class SignedRequest:
     signature: bytes
 
 
+# Header integers are plain decimal digits (int() would also take "+5", " 5",
+# "5_000" and other scripts' digits) and range-checked before use, so no
+# out-of-range value reaches the database or float arithmetic.
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+_HEX = re.compile(r"[0-9a-f]*")
+# Seconds since the epoch up to the year ~36800: far beyond any clock, far
+# below anything float arithmetic or the database could choke on.
+MAX_TIMESTAMP = 1 << 40
+
+
+def _header_int(raw: str, name: str, low: int, high: int) -> int:
+    if not _DECIMAL.fullmatch(raw) or not low <= int(raw) <= high:
+        raise AuthError(
+            401, "bad_auth_header", f"{name} must be a decimal integer in [{low}, {high}]"
+        )
+    return int(raw)
+
+
 def parse_headers(headers: dict[str, str]) -> SignedRequest:
     """The four authentication headers, validated for form (not yet for truth)."""
     try:
@@ -47,18 +67,85 @@ def parse_headers(headers: dict[str, str]) -> SignedRequest:
         }
     except KeyError as exc:
         raise AuthError(401, "unauthenticated", f"missing header {exc.args[0]}") from exc
-    try:
-        client_id = int(raw[HEADER_CLIENT])
-        timestamp = int(raw[HEADER_TIMESTAMP])
-        signature = bytes.fromhex(raw[HEADER_SIGNATURE])
-    except ValueError as exc:
-        raise AuthError(401, "bad_auth_header", f"malformed authentication header: {exc}") from exc
+    client_id = _header_int(raw[HEADER_CLIENT], HEADER_CLIENT, 1, MAX_CLIENT_ID)
+    timestamp = _header_int(raw[HEADER_TIMESTAMP], HEADER_TIMESTAMP, 0, MAX_TIMESTAMP)
     nonce = raw[HEADER_NONCE]
-    if len(nonce) != NONCE_HEX_CHARS or any(c not in "0123456789abcdef" for c in nonce):
+    if len(nonce) != NONCE_HEX_CHARS or not _HEX.fullmatch(nonce):
         raise AuthError(401, "bad_auth_header", f"nonce must be {NONCE_HEX_CHARS} lowercase hex")
-    if len(signature) != 64:
+    text = raw[HEADER_SIGNATURE]
+    if len(text) != 128 or not _HEX.fullmatch(text.lower()):
         raise AuthError(401, "bad_auth_header", "signature must be 64 bytes (hex)")
-    return SignedRequest(client_id, timestamp, nonce, signature)
+    return SignedRequest(client_id, timestamp, nonce, bytes.fromhex(text))
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request whose headers passed every check that needs no body."""
+
+    request: SignedRequest
+    public_key: bytes
+
+
+def check_headers(
+    db: dbm.Database,
+    headers: dict[str, str],
+    *,
+    clock_skew_s: float,
+    now: float | None = None,
+) -> PendingRequest:
+    """Everything about a signed request that its headers alone decide, before any body is read.
+
+    The header form (client id and timestamp in range, nonce and signature
+    format), the timestamp window, and that the client is enrolled and active.
+
+    Raises:
+        AuthError: 401 for a missing or malformed header, a stale timestamp, or
+            an unknown or revoked client.
+    """
+    req = parse_headers(headers)
+    current = time.time() if now is None else now
+    if abs(current - req.timestamp) > clock_skew_s:
+        raise AuthError(
+            401,
+            "stale_request",
+            f"request time {req.timestamp} is more than {clock_skew_s:.0f} s from server time",
+        )
+    with db.session() as s:
+        client = s.get(dbm.Client, req.client_id)
+        if client is None or client.status is not dbm.ClientStatus.ACTIVE:
+            raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
+        return PendingRequest(req, client.public_key)
+
+
+def verify_body(
+    db: dbm.Database, pending: PendingRequest, method: str, path: str, body: bytes
+) -> int:
+    """Verify the signature (which covers the body's hash) and remember the nonce.
+
+    Raises:
+        AuthError: 401 for an invalid signature, a replayed nonce, or a client
+            revoked since :func:`check_headers`.
+    """
+    req = pending.request
+    if not verify_request(
+        pending.public_key,
+        req.signature,
+        req.client_id,
+        method,
+        path,
+        req.timestamp,
+        req.nonce,
+        body,
+    ):
+        raise AuthError(401, "bad_signature", "request signature does not verify")
+    with db.session() as s:
+        client = s.get(dbm.Client, req.client_id)
+        if client is None or client.status is not dbm.ClientStatus.ACTIVE:
+            raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
+        if not dbm.record_nonce(s, req.client_id, req.nonce, dbm.utcnow()):
+            raise AuthError(401, "replayed_request", "this request nonce was already used")
+        client.last_seen_at = dbm.utcnow()
+    return req.client_id
 
 
 def authenticate(
@@ -73,37 +160,29 @@ def authenticate(
 ) -> int:
     """Verify a signed request and remember its nonce; return the client id.
 
+    :func:`check_headers` then :func:`verify_body`; a server reading the body
+    from the network calls the two apart, so it reads no body for a request
+    whose headers already fail.
+
     Raises:
         AuthError: 401 for a missing/malformed/invalid signature, an unknown or
             revoked client, a stale timestamp or a replayed nonce.
     """
-    req = parse_headers(headers)
+    pending = check_headers(db, headers, clock_skew_s=clock_skew_s, now=now)
+    return verify_body(db, pending, method, path, body)
+
+
+def purge_stale_nonces(db: dbm.Database, clock_skew_s: float, now: float | None = None) -> int:
+    """Forget nonces that can no longer be replayed; return how many.
+
+    A request is refused unless its timestamp is within ``clock_skew_s`` of
+    the server's time, and a nonce is recorded when its request is accepted,
+    so a nonce seen more than ``2 * clock_skew_s`` ago belongs to a request
+    whose timestamp is outside the window now: replaying it fails as stale.
+    """
     current = time.time() if now is None else now
-    if abs(current - req.timestamp) > clock_skew_s:
-        raise AuthError(
-            401,
-            "stale_request",
-            f"request time {req.timestamp} is more than {clock_skew_s:.0f} s from server time",
-        )
-    with db.session() as s:
-        client = s.get(dbm.Client, req.client_id)
-        if client is None or client.status is not dbm.ClientStatus.ACTIVE:
-            raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
-        if not verify_request(
-            client.public_key,
-            req.signature,
-            req.client_id,
-            method,
-            path,
-            req.timestamp,
-            req.nonce,
-            body,
-        ):
-            raise AuthError(401, "bad_signature", "request signature does not verify")
-        if not dbm.record_nonce(s, req.client_id, req.nonce, dbm.utcnow()):
-            raise AuthError(401, "replayed_request", "this request nonce was already used")
-        client.last_seen_at = dbm.utcnow()
-    return req.client_id
+    cutoff = datetime.fromtimestamp(current - 2 * clock_skew_s, UTC)
+    return dbm.purge_nonces(db, cutoff)
 
 
 def create_enrolment_token(

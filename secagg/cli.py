@@ -184,6 +184,7 @@ def serve(
     import uvicorn
 
     from secagg.app import create_app
+    from secagg.limits import ConnectionLimits, guarded_h11_protocol
     from secagg.logs import configure_logging
 
     settings = _settings(
@@ -204,6 +205,11 @@ def serve(
         settings.admin_token_file.write_text(token + "\n")
         settings.admin_token_file.chmod(0o600)
         typer.echo(f"admin token written to {settings.admin_token_file}", err=True)
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        max_per_peer=settings.max_connections_per_ip,
+        header_timeout_s=settings.header_timeout_s,
+    )
     uvicorn.run(
         application,
         host=settings.host,
@@ -214,6 +220,11 @@ def serve(
         access_log=False,
         # Long-polling clients must not hold a shutdown (or a restart) open.
         timeout_graceful_shutdown=5,
+        # Header deadline and connection caps (global and per peer) instead of
+        # uvicorn's limit_concurrency, which answers 503 to everyone when full.
+        http=guarded_h11_protocol(limits),
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        backlog=min(settings.max_connections, 4096),
     )
 
 

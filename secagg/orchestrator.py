@@ -42,7 +42,8 @@ from protocol import (
     SessionConfig,
 )
 from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
-from protocol.errors import ConfigError, ParameterError
+from protocol.errors import AbortReason, ConfigError, ParameterError, RemoteProtocolError
+from protocol.messages import decode_message
 from protocol.params import AdversaryClass, derive_parameters
 from protocol.transport import session_context
 from secagg import db as dbm
@@ -192,13 +193,20 @@ class RoundDriver:
         self._stage_bytes_in = 0
 
     async def submit(self, client_id: int, data: bytes) -> None:
-        """A client's protocol message. Raises RemoteProtocolError (state unchanged)."""
+        """A client's protocol message. Raises RemoteProtocolError (state unchanged).
+
+        Only a participant's bytes are decoded, and never on the event loop:
+        the message is decoded and checked for its sender in a worker thread
+        without the round lock (so a slow body holds up nobody), then received
+        -- a masked vector parsed and summed -- in a worker thread under the lock.
+        """
+        if client_id not in self.mailboxes:
+            raise RemoteProtocolError(
+                AbortReason.WRONG_SENDER, f"client {client_id} is not in this round"
+            )
+        await asyncio.to_thread(_check_sender, data, client_id)
         async with self._lock:
-            if len(data) > 1 << 20:
-                # Large vectors are parsed and summed off the event loop.
-                await asyncio.to_thread(self.server.receive, data, authenticated_sender=client_id)
-            else:
-                self.server.receive(data, authenticated_sender=client_id)
+            await asyncio.to_thread(self.server.receive, data, authenticated_sender=client_id)
             self._stage_bytes_in += len(data)
             if self.server.ready():
                 self._progress.set()
@@ -235,6 +243,16 @@ class RoundDriver:
         while not self.server.ready():
             await self._progress.wait()
             self._progress.clear()
+
+
+def _check_sender(data: bytes, client_id: int) -> None:
+    """Decode a client's message and check it claims its authenticated sender."""
+    claimed = getattr(decode_message(data), "sender", None)
+    if claimed != client_id:
+        raise RemoteProtocolError(
+            AbortReason.WRONG_SENDER,
+            f"authenticated as client {client_id} but the message is from {claimed}",
+        )
 
 
 class TaskRunner:

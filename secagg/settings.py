@@ -34,7 +34,53 @@ class Settings(BaseSettings):
         "and written to admin_token_file",
     )
     admin_token_file: Path = Path("secagg-admin-token")
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # -- transport limits (README "Service limits") --------------------------------
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="largest request body (protocol messages, admin uploads), counted as "
+        "it streams (chunked too); beyond it the request gets 413 and nothing more is read",
+    )
+    max_public_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest body of a request whose sender is not known before its body "
+        "is read (enrolment, and admin requests without the admin credential)",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="a connection whose request head (line and headers) is not complete "
+        "this long after it opened, or after the next request began, is closed",
+    )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="a request body must arrive within this (64 MiB in 120 s is 0.5 MiB/s); "
+        "a slower one gets 408 and its connection is closed",
+    )
+    keepalive_timeout_s: int = Field(
+        default=5, ge=1, le=300, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=2,
+        description="open connections the server accepts in all; more are refused with 503",
+    )
+    max_connections_per_ip: int = Field(
+        default=512,
+        ge=1,
+        description="open connections one peer address may hold (keep it well below "
+        "max_connections so one host cannot take every slot)",
+    )
+    nonce_purge_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often request nonces older than the signature window are deleted",
+    )
     request_clock_skew_s: float = Field(default=300.0, gt=0)
     long_poll_s: float = Field(default=20.0, gt=0, le=300)
     checkin_ttl_s: float = Field(

@@ -29,3 +29,32 @@ def test_unknown_or_invalid_settings_are_refused(tmp_path: Path) -> None:
         Settings.load(bad)
     with pytest.raises(ValidationError):
         Settings(port=70000)
+
+
+_SIZES = {"64 MiB": 64 << 20, "64 KiB": 64 << 10}
+
+
+def test_readme_documents_every_service_limit_with_its_default() -> None:
+    """The README's "Service limits" table is the live defaults, and covers every limit."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Service limits", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        documented[name.strip("`")] = _SIZES.get(default, default)
+    limits = {
+        "max_body_bytes",
+        "max_public_body_bytes",
+        "header_timeout_s",
+        "body_timeout_s",
+        "keepalive_timeout_s",
+        "max_connections",
+        "max_connections_per_ip",
+        "nonce_purge_interval_s",
+        "request_clock_skew_s",
+    }
+    assert set(documented) == limits
+    defaults = Settings()
+    for name, default in documented.items():
+        assert float(default) == float(getattr(defaults, name)), name

@@ -338,6 +338,18 @@ def check_constants(text: str) -> None:
             )
 
 
+def check_decoding_limits(text: str) -> None:
+    """messages-v1.md §1.1: the decoder limits, as the live constants."""
+    rows = table(text, "decoding-limits")
+    for row in rows:
+        want = literal(ticks(row["Value"]))
+        got = resolve(ticks(row["Code"]))
+        assert type(got) is type(want) and got == want, (
+            f"{row['Limit']}: spec says {want!r}, {row['Code']} is {got!r}"
+        )
+    assert {ticks(r["Code"]) for r in rows} >= {"protocol._cbor.MAX_DEPTH"}
+
+
 def check_config_fields(text: str) -> None:
     rows = table(text, "config-fields")
     cfg = sample_config()
@@ -979,6 +991,7 @@ CHECKS: dict[str, tuple[str, Callable[[str], None]]] = {
     "completed-client": (SECAGG, check_completed_client),
     "client-abort": (SECAGG, check_client_abort),
     "check-order": (SECAGG, check_order),
+    "decoding-limits": (MESSAGES, check_decoding_limits),
 }
 
 
@@ -1007,6 +1020,18 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     ("ed25519-rules", SECAGG, "| `public_key_small_order` |", "| `r_small_order` |"),
     ("ed25519-rules", SECAGG, "| 2 | `S` (little-endian)", "| 3 | `S` (little-endian)"),
     ("code", SECAGG, "public[31] < 0x80 and", "public[31] <= 0x80 and"),
+    (
+        "decoding-limits",
+        MESSAGES,
+        "| Deepest array nesting | `8` |",
+        "| Deepest array nesting | `9` |",
+    ),
+    (
+        "decoding-limits",
+        MESSAGES,
+        "| Scan steps, bytes per step | `64` |",
+        "| Scan steps, bytes per step | `32` |",
+    ),
     ("constants", SECAGG, "`2**256 + 297`", "`2**256 + 299`"),
     ("constants", SECAGG, '`b"secagg-v1"`', '`"secagg-v1"`'),
     ("config-fields", SECAGG, "| 4 | `threshold` |", "| 4 | `degree` |"),

@@ -14,6 +14,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 from protocol.config import MAX_CLIENT_ID
+from protocol.crypto import ed25519_is_valid_public
 from protocol.transport import (
     HEADER_CLIENT,
     HEADER_NONCE,
@@ -215,6 +216,14 @@ def enrol(db: dbm.Database, token: str, public_key: bytes, name: str) -> int:
     """
     if len(public_key) != 32:
         raise AuthError(400, "bad_public_key", "public key must be 32 bytes (Ed25519)")
+    if not ed25519_is_valid_public(public_key):
+        # secagg-v1.md §6.6: such a key verifies nothing under the strict rules,
+        # so an identity enrolled with it could never sign a request or a round.
+        raise AuthError(
+            400,
+            "bad_public_key",
+            "public key is a non-canonical or small-order Ed25519 encoding",
+        )
     token_hash = dbm.hash_token(token)
     for _ in range(50):
         try:

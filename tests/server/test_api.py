@@ -96,6 +96,18 @@ def test_enrolment_tokens_are_one_time_and_checked(server: str) -> None:
     assert (info.value.status, info.value.code) == (409, "key_enrolled")
     r = httpx.post(server + "/v1/enrol", json={"token": "x", "public_key": "zz"})
     _err(r, 422, "invalid_request")
+    # Keys the strict Ed25519 rules (secagg-v1.md §6.6) can never verify under:
+    # the identity point, a point of order 8, and a non-canonical y >= p. The
+    # token is not used up by the refusal.
+    token = new_token(server)
+    for key in (
+        (1).to_bytes(32, "little"),
+        bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+        ((1 << 255) - 19 + 2).to_bytes(32, "little"),
+    ):
+        r = httpx.post(server + "/v1/enrol", json={"token": token, "public_key": key.hex()})
+        _err(r, 400, "bad_public_key")
+    assert enrol(server, token).client_id is not None
 
 
 def test_requests_must_be_signed_fresh_and_never_replayed(server: str) -> None:

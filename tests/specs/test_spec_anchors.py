@@ -1,11 +1,14 @@
-"""Every numbered step of §12-§13 is cited by the code, and every citation exists.
+"""Every numbered step of §5.3, §6.6 and §12-§13 is cited by the code, and every
+citation exists.
 
 ``specs/secagg-v1.md`` §12 and §13 list, as numbered steps, what each party
-checks and does; the reference code cites the step it implements with a
+checks and does (§5.3 the configuration checks, §6.6 the Ed25519 rules, as a
+numbered table); the reference code cites the step it implements with a
 comment opening with the step, such as ``# §12.6 step 3`` (a client list, or the only list of a
 section), ``# §12.4 server step 1`` (the server, per message),
 ``# §12.6 advance step 2`` (the server's ``advance()``) or ``# §13.1 rule 2``
-(the blame rules). :func:`check_anchors` parses the steps from the spec text
+(the blame rules, and ``# §6.6 rule 4`` for a row of the Ed25519 table).
+:func:`check_anchors` parses the steps from the spec text
 and the citations from the code and fails on a step nobody cites or a citation
 of a step that does not exist; the mutation tests below show it does both.
 """
@@ -21,16 +24,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "secagg-v1.md"
-# Where the steps of §12-§13 are implemented: the two sessions, and the blame
-# rules of §13.1 in ``judge_shares``.
-CODE = ("protocol/client.py", "protocol/server.py", "protocol/shamir.py")
+# Where the steps are implemented: the two sessions, the blame rules of §13.1
+# in ``judge_shares``, the configuration checks of §5.3 and the Ed25519 rules of
+# §6.6.
+CODE = (
+    "protocol/client.py",
+    "protocol/server.py",
+    "protocol/shamir.py",
+    "protocol/config.py",
+    "protocol/crypto/_primitives.py",
+)
+# Sections whose numbered lists are steps to cite (all of §12 and §13, besides).
+_LISTED = ("5.3",)
+_TABLED = ("6.6",)  # a table whose first column "#" numbers the rules
 
 Step = tuple[str, str, str, int]  # (section, list label, "step" | "rule", number)
 
 _HEADING = re.compile(r"^#{2,3} (\d+(?:\.\d+)?)\.? ")
 _ITEM = re.compile(r"^(\d+)\. ")
+_ROW = re.compile(r"^\| (\d+) \|")
 # A citation: "§12.6 step 3", "§12.4 server step 1", "§12.6 advance step 2", "§13.1 rule 2".
-_CITATION = re.compile(r"§(1[23](?:\.\d+)?) (?:(server|advance) )?(step|rule) (\d+)\b")
+_CITATION = re.compile(r"§(5\.3|6\.6|1[23](?:\.\d+)?) (?:(server|advance) )?(step|rule) (\d+)\b")
 
 
 def _label(lead_in: str) -> str:
@@ -44,7 +58,7 @@ def _label(lead_in: str) -> str:
 
 
 def spec_steps(text: str) -> set[Step]:
-    """The numbered steps of §12 and §13 (up to §14), each list numbered 1, 2, ..."""
+    """The numbered steps of §5.3, §6.6, §12 and §13, each list numbered 1, 2, ..."""
     steps: set[Step] = set()
     section: str | None = None
     label = ""
@@ -60,8 +74,16 @@ def spec_steps(text: str) -> set[Step]:
         heading = _HEADING.match(line)
         if heading:
             number = heading.group(1)
-            section = number if number.split(".")[0] in ("12", "13") else None
+            cited = number.split(".")[0] in ("12", "13") or number in _LISTED + _TABLED
+            section = number if cited else None
             label, expected_next = "", 1
+        elif section in _TABLED:
+            row = _ROW.match(line)
+            if row:
+                n = int(row.group(1))
+                assert n == expected_next, f"§{section} table: rule {n} after {expected_next - 1}?"
+                expected_next = n + 1
+                steps.add((section, "", "rule", n))
         elif section is not None and line and not line[0].isspace():
             item = _ITEM.match(line)
             if item:
@@ -95,7 +117,7 @@ def name(step: Step) -> str:
 def check_anchors(spec: str, sources: Mapping[str, str]) -> None:
     """Raise AssertionError unless the code cites exactly the spec's steps."""
     steps = spec_steps(spec)
-    assert len(steps) > 50, f"only {len(steps)} steps parsed from §12-§13"
+    assert len(steps) > 90, f"only {len(steps)} steps parsed"
     anchored: dict[Step, list[str]] = {}  # a comment that opens with the step
     cited: dict[Step, list[str]] = {}  # any mention in a comment
     for path, source in sources.items():
@@ -144,10 +166,13 @@ def test_steps_are_parsed_by_list() -> None:
         ("12.10", "", "step", 7),
         ("13", "", "step", 5),
         ("13.1", "", "rule", 3),
+        ("5.3", "", "step", 7),
+        ("6.6", "", "rule", 7),
     ]:
         assert step in steps, name(step)
     assert ("12.1", "", "step", 9) not in steps
     assert ("12.10", "", "step", 8) not in steps
+    assert ("6.6", "", "rule", 8) not in steps
 
 
 @pytest.mark.parametrize(
@@ -159,6 +184,8 @@ def test_steps_are_parsed_by_list() -> None:
         ("protocol/server.py", "# §12.3 step 2\n"),
         ("protocol/server.py", "# §13 step 2\n"),
         ("protocol/shamir.py", "# §13.1 rule 2\n"),
+        ("protocol/config.py", "# §5.3 step 4\n"),
+        ("protocol/crypto/_primitives.py", "# §6.6 rule 4\n"),
     ],
 )
 def test_removing_an_anchor_is_detected(path: str, anchor: str) -> None:
@@ -187,6 +214,7 @@ def test_an_anchor_to_a_missing_step_is_detected() -> None:
         ),
         # Steps renumbered: the list no longer counts 1, 2, ...
         ("2. Number of senders `≥ t`", "3. Number of senders `≥ t`", "step 3 after 2"),
+        ("| 5 | `R` canonical", "| 6 | `R` canonical", "rule 6 after 4"),
         # A list relabelled: the server's per-message steps of §12.4 become uncited.
         (
             "Server, per message (after §12.1; `ServerSession._receive_r0`):",

@@ -4,7 +4,11 @@ Rules this file keeps (after h11's ``_state.py``):
 
 1. Everything that decides which message a party may accept, and which
    state follows, lives in the tables below. ``client.py`` and
-   ``server.py`` consult them and never encode transitions of their own.
+   ``server.py`` consult them and never encode transitions of their own:
+   their handler tables (``_HANDLERS``, ``_RECEIVERS``, ``_ADVANCERS``)
+   say only what a party does once a table has let a message or an
+   ``advance()`` through, and cover exactly these tables' keys
+   (``tests/protocol/test_round_tables.py``).
 2. Anything not in a table fails closed: a message that is not expected in
    the current state is refused with ``WRONG_ROUND`` (or, for a second
    unmasking request, ``SECOND_UNMASK_REQUEST``) and the client aborts.

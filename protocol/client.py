@@ -6,12 +6,19 @@ check a client makes on a server message is here, each tied to an
 :class:`~protocol.errors.AbortReason`; any violation aborts the session
 (the client stops and reveals nothing further) and raises
 :class:`~protocol.errors.RemoteProtocolError`.
+
+Laid out by round: ``receive`` runs the common pipeline of §12.1, in which
+``_state.CLIENT_TRANSITIONS`` alone decides whether a message is accepted in
+the current state; then one handler per round (``_r1_share_keys`` ...
+``_r4_unmask``, through ``_HANDLERS``) checks the message and computes the
+reply. Every check carries a ``# §12.x step n`` comment naming the step of
+``specs/secagg-v1.md`` it implements (``tests/specs/test_spec_anchors.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -68,8 +75,8 @@ from protocol.messages import (
     ConsistencySignature,
     KeyDirectory,
     MaskedInput,
-    Message,
     MessageType,
+    ServerRequest,
     ShareBundle,
     ShareKeys,
     UnmaskRequest,
@@ -204,9 +211,11 @@ class ClientSession:
             raise LocalProtocolError("start() was already called")
         self._started = True
         assert self._rng is not None  # only erased in a terminal state, after start()
+        # §12.4 step 1 (this order: the vectors replay it)
         self._cipher_sk = x25519_generate(self._rng)
         self._mask_sk = x25519_generate(self._rng)
         cipher_pk, mask_pk = self._cipher_sk.public, self._mask_sk.public
+        # §12.4 step 2
         signature = b""
         if self.config.mode is Mode.ACTIVE:
             assert self._identity_key is not None
@@ -214,11 +223,15 @@ class ClientSession:
                 self._identity_key,
                 advertise_payload(self.session_id, self.client_id, cipher_pk, mask_pk),
             )
+        # §12.4 step 3
         self._own_keys = AdvertisedKeys(self.client_id, cipher_pk, mask_pk, signature)
         return AdvertiseKeys(self.session_id, self._own_keys).encode()
 
     def receive(self, data: bytes) -> bytes | None:
         """Process one server message; return the reply to send, if any.
+
+        The common pipeline of §12.1 (client), then the handler of the
+        message's round (``_HANDLERS``).
 
         Raises:
             LocalProtocolError: ``start()`` has not been called.
@@ -226,10 +239,13 @@ class ClientSession:
                 then aborted, except for a refused second unmasking request on a
                 completed session, which stays completed).
         """
+        # §12.1 step 1
         if not self._started:
             raise LocalProtocolError("call start() before receive()")
+        # §12.1 step 2
         if self.round is Round.ABORTED:
             raise RemoteProtocolError(AbortReason.WRONG_ROUND, "the session is aborted")
+        # §12.1 step 3
         try:
             msg = decode_message(data)
         except DecodeError as exc:
@@ -237,17 +253,20 @@ class ClientSession:
                 raise
             self._abort(exc.reason)
             raise
+        # §12.1 step 4
         if msg.session_id != self.session_id:
             self._fail(AbortReason.WRONG_SESSION, "message belongs to another session")
+        # §12.1 step 5
         if isinstance(msg, Abort):
             if client_after_abort(self.round) is Round.ABORTED:
                 self._abort(msg.reason)
             return None
-        recipient = getattr(msg, "recipient", None)
+        # §12.1 step 6: a client-to-server message has no recipient at all.
+        recipient = msg.recipient if isinstance(msg, ServerRequest) else None
         if recipient != self.client_id:
             self._fail(AbortReason.WRONG_RECIPIENT, f"message addressed to {recipient}")
-        key = (self.round, msg.TYPE)
-        next_round = self._transitions.get(key)
+        # §12.1 step 7: the transition table alone decides what is accepted where.
+        next_round = self._transitions.get((self.round, msg.TYPE))
         if next_round is None:
             if self.round is Round.COMPLETED:
                 # Never answer twice: a second (possibly different) unmasking
@@ -259,7 +278,8 @@ class ClientSession:
                 )
                 raise RemoteProtocolError(reason, "the session is already completed")
             self._fail(AbortReason.WRONG_ROUND, f"{msg.TYPE.name} is not expected in {self.round}")
-        reply = self._handle(msg)
+        # §12.1 step 8
+        reply = _HANDLERS[msg.TYPE](self, msg)
         self.round = next_round
         if next_round is Round.COMPLETED:
             self._forget_secrets()
@@ -295,24 +315,15 @@ class ClientSession:
         self._held_mask_key_shares.clear()
         self._held_self_mask_shares.clear()
 
-    # -- per-message handlers ---------------------------------------------------
+    # -- one handler per round (§12.5-§12.9), dispatched by ``_HANDLERS`` ------
 
-    def _handle(self, msg: Message) -> bytes:
-        if isinstance(msg, KeyDirectory):
-            return self._on_key_directory(msg)
-        if isinstance(msg, ShareBundle):
-            return self._on_share_bundle(msg)
-        if isinstance(msg, ConsistencyRequest):
-            return self._on_consistency_request(msg)
-        if isinstance(msg, UnmaskRequest):
-            return self._on_unmask_request(msg)
-        raise AssertionError(f"no handler for {type(msg).__name__}")  # pragma: no cover
-
-    def _on_key_directory(self, msg: KeyDirectory) -> bytes:
-        """R0 -> R1: check the relayed keys, then share our secrets."""
+    def _r1_share_keys(self, msg: KeyDirectory) -> bytes:
+        """R0 -> R1 (§12.5): check the relayed keys, then share our secrets."""
         entries = {e.sender: e for e in msg.entries}
+        # §12.5 step 1
         if entries.get(self.client_id) != self._own_keys:
             self._fail(AbortReason.OWN_KEYS_NOT_ECHOED, "our own advertised keys were not echoed")
+        # §12.5 step 2
         strangers = set(entries) - self._neighbours - {self.client_id}
         if strangers:
             self._fail(AbortReason.NOT_A_NEIGHBOUR, f"keys of non-neighbours {sorted(strangers)}")
@@ -325,20 +336,27 @@ class ClientSession:
                         AbortReason.INVALID_PUBLIC_KEY,
                         f"client {entry.sender} has a non-canonical or small-order X25519 key",
                     )
+        # §12.5 step 4
         if len(set(all_keys)) != len(all_keys):
             self._fail(AbortReason.DUPLICATE_KEYS, "two advertised public keys are equal")
+        # §12.5 step 5
         for entry in msg.entries:
             self._check_advert_signature(entry)
+        # §12.5 step 6
         live = sorted(set(entries) - {self.client_id})
         self._require_threshold(len(live), "live neighbours after round 0")
         self._directory = {v: entries[v] for v in live}
 
+        # §12.5 step 7: drawn only now, after every check, so an aborted R1
+        # leaves no seed behind.
         assert self._rng is not None
         seed = self._rng.random_bytes(32)
         self._self_mask_seed = seed
         assert self._mask_sk is not None and self._cipher_sk is not None
+        # §12.5 step 8
         shares = split_secrets([self._mask_sk.raw, seed], live, self.config.threshold, self._rng)
         ciphertexts: list[tuple[int, bytes]] = []
+        # §12.5 step 9
         for j, v in enumerate(live):
             shared = self._agree(self._cipher_sk, entries[v].cipher_public_key)
             self._cipher_shared[v] = shared
@@ -352,16 +370,22 @@ class ClientSession:
             ciphertexts.append(
                 (v, aead_seal(key, plaintext, share_aad(self.session_id, self.client_id, v)))
             )
+        # §12.5 step 10
         commitment = self_mask_commitment(seed, self.session_id, self.client_id)
+        # §12.5 step 11
         return ShareKeys(self.session_id, self.client_id, commitment, tuple(ciphertexts)).encode()
 
-    def _on_share_bundle(self, msg: ShareBundle) -> bytes:
-        """R1 -> R2: open our shares, then send the masked input."""
+    def _r2_masked_input(self, msg: ShareBundle) -> bytes:
+        """R1 -> R2 (§12.6): open our shares, then send the masked input."""
         senders = [v for v, _ in msg.ciphertexts]
+        # §12.6 step 1
         unknown = set(senders) - set(self._directory)
         if unknown:
             self._fail(AbortReason.NOT_A_NEIGHBOUR, f"shares from {sorted(unknown)}")
+        # §12.6 step 2
         self._require_threshold(len(senders), "live neighbours after round 1")
+        # §12.6 step 3: sender and recipient are bound into both the key and the
+        # AD, and again checked in the plaintext.
         for v, ciphertext in msg.ciphertexts:
             key = share_encryption_key(self._cipher_shared[v], self.session_id, v, self.client_id)
             try:
@@ -381,8 +405,10 @@ class ClientSession:
                 self._fail(AbortReason.SHARE_DECRYPTION_FAILED, f"shares from {v} out of range")
             self._held_mask_key_shares[v] = plaintext[8 : 8 + SHARE_SIZE]
             self._held_self_mask_shares[v] = plaintext[8 + SHARE_SIZE :]
+        # §12.6 step 4
         self._share_senders = frozenset(senders)
         masked = self._masked_input(senders)
+        # §12.6 step 5
         return MaskedInput(self.session_id, self.client_id, masked).encode()
 
     def _masked_input(self, peers: Iterable[int]) -> bytes:
@@ -414,30 +440,38 @@ class ClientSession:
         except CryptoError as exc:
             self._fail(AbortReason.INVALID_PUBLIC_KEY, f"mask key of {v} is invalid: {exc}")
 
-    def _on_consistency_request(self, msg: ConsistencyRequest) -> bytes:
-        """R2 -> R3 (active mode): sign the survivor set after checking it."""
+    def _r3_consistency(self, msg: ConsistencyRequest) -> bytes:
+        """R2 -> R3 (§12.8, active mode): sign the survivor set after checking it."""
+        # §12.8 step 1
         self._check_survivors(msg.survivors, None)
+        # §12.8 step 2: remembered, so that the unmasking request must name the
+        # very set we signed (§12.10 step 5).
         self._signed_survivors = msg.survivors
         assert self._identity_key is not None
         signature = ed25519_sign(
             self._identity_key,
             consistency_payload(self.session_id, _cbor.dumps(list(msg.survivors))),
         )
+        # §12.8 step 3
         return ConsistencySignature(self.session_id, self.client_id, signature).encode()
 
-    def _on_unmask_request(self, msg: UnmaskRequest) -> bytes:
-        """R2/R3 -> done: reveal, per neighbour, exactly one of its two secrets."""
+    def _r4_unmask(self, msg: UnmaskRequest) -> bytes:
+        """R2/R3 -> done (§12.9): reveal, per neighbour, exactly one of its two secrets."""
         survivors, dropped = set(msg.survivors), set(msg.dropped)
+        # §12.9 step 1: a client in both sets would have both its secrets revealed.
         if survivors & dropped:
             self._fail(
                 AbortReason.SURVIVORS_DROPPED_OVERLAP,
                 f"clients {sorted(survivors & dropped)} are both survivors and dropped",
             )
+        # §12.9 step 2
         self._check_survivors(msg.survivors, msg.dropped)
+        # §12.9 step 3
         if self.config.mode is Mode.ACTIVE:
             self._check_consistency_signatures(msg)
         elif msg.signatures:
             self._fail(AbortReason.MALFORMED_MESSAGE, "signatures in a semi-honest session")
+        # §12.9 step 4
         self_shares = tuple(
             (v, self._held_self_mask_shares[v]) for v in sorted(self._share_senders & survivors)
         )
@@ -467,23 +501,28 @@ class ClientSession:
         """
         s = set(survivors)
         d = set(dropped or ())
+        # §12.10 step 1
         if self.client_id not in s:
             self._fail(
                 AbortReason.INCONSISTENT_SURVIVORS, "we sent our input but are not a survivor"
             )
+        # §12.10 step 2
         if not (s | d) <= set(self.config.participants):
             self._fail(AbortReason.INCONSISTENT_SURVIVORS, "survivor set names non-participants")
+        # §12.10 step 3
         mine = (s | d) & self._neighbours
         if not mine <= self._share_senders:
             self._fail(
                 AbortReason.INCONSISTENT_SURVIVORS,
                 f"clients {sorted(mine - self._share_senders)} never sent us shares",
             )
+        # §12.10 step 4
         if dropped is not None and mine != self._share_senders:
             self._fail(
                 AbortReason.INCONSISTENT_SURVIVORS,
                 f"neighbours {sorted(self._share_senders - mine)} are neither survivor nor dropped",
             )
+        # §12.10 step 5
         if (
             self.config.mode is Mode.ACTIVE
             and self._signed_survivors is not None
@@ -492,14 +531,17 @@ class ClientSession:
             self._fail(
                 AbortReason.INCONSISTENT_SURVIVORS, "survivor set differs from the signed one"
             )
+        # §12.10 step 6
         if len(s) < self.config.threshold:
             self._fail(AbortReason.BELOW_THRESHOLD, f"{len(s)} survivors < threshold")
+        # §12.10 step 7
         self._require_threshold(len(s & self._neighbours), "surviving neighbours")
 
     def _check_consistency_signatures(self, msg: UnmaskRequest) -> None:
         closed = self._neighbours | {self.client_id}
         payload = consistency_payload(self.session_id, _cbor.dumps(list(msg.survivors)))
         valid = 0
+        # §12.9 step 3, in order: each signer, then each signature, then the count.
         for signer, signature in msg.signatures:
             if signer not in closed or signer not in msg.survivors:
                 self._fail(
@@ -522,3 +564,16 @@ class ClientSession:
             return secret.agree(public)
         except CryptoError as exc:
             self._fail(AbortReason.INVALID_PUBLIC_KEY, f"invalid public key: {exc}")
+
+
+# The client's round table (after h11's READERS), keyed by the server message a
+# handler consumes: each is accepted in exactly one state per mode, and which
+# one is decided by ``_state.CLIENT_TRANSITIONS`` alone (§12.1 step 7) before a
+# handler runs. ``Any``: each handler takes the message class of its key
+# (tests/protocol/test_round_tables.py checks the annotations).
+_HANDLERS: dict[MessageType, Callable[[ClientSession, Any], bytes]] = {
+    MessageType.KEY_DIRECTORY: ClientSession._r1_share_keys,
+    MessageType.SHARE_BUNDLE: ClientSession._r2_masked_input,
+    MessageType.CONSISTENCY_REQUEST: ClientSession._r3_consistency,
+    MessageType.UNMASK_REQUEST: ClientSession._r4_unmask,
+}

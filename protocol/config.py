@@ -80,6 +80,7 @@ class SessionConfig:
         except ValueError as exc:
             raise ConfigError(f"unknown mode or graph: {exc}") from exc
         n = len(parts)
+        # §5.3 step 1
         if n < 2:
             raise ConfigError(f"a session needs at least 2 participants, got {n}")
         if any(not isinstance(p, int) or isinstance(p, bool) for p in parts):
@@ -88,10 +89,12 @@ class SessionConfig:
             raise ConfigError("participant ids must be distinct and sorted ascending")
         if parts[0] < 1 or parts[-1] > MAX_CLIENT_ID:
             raise ConfigError(f"participant ids must lie in [1, {MAX_CLIENT_ID}]")
+        # §5.3 step 2
         for name in ("threshold", "vector_length", "bit_width", "degree"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
+        # §5.3 step 3
         if self.graph is GraphKind.COMPLETE:
             if self.degree not in (0, n - 1):
                 raise ConfigError(f"the complete graph on {n} clients has degree {n - 1}")
@@ -104,6 +107,7 @@ class SessionConfig:
                 f"participants, got {n}"
             )
         k = self.degree
+        # §5.3 step 4
         if not 1 <= self.threshold <= k:
             raise ConfigError(f"threshold must lie in [1, degree={k}], got {self.threshold}")
         if self.mode is Mode.ACTIVE and 2 * self.threshold <= k:
@@ -113,6 +117,7 @@ class SessionConfig:
             raise ConfigError(
                 f"active mode needs threshold > degree/2 = {k / 2}, got {self.threshold}"
             )
+        # §5.3 step 5
         if not 1 <= self.vector_length <= MAX_VECTOR_LENGTH:
             raise ConfigError(
                 f"vector_length must lie in [1, {MAX_VECTOR_LENGTH}], got {self.vector_length}"
@@ -125,10 +130,12 @@ class SessionConfig:
                 f"{self.packed_size} bytes; the limit is {MAX_PACKED_SIZE} "
                 f"(messages are at most {_cbor.MAX_MESSAGE_SIZE} bytes)"
             )
+        # §5.3 step 6
         if not isinstance(self.nonce, bytes) or len(self.nonce) != 32:
             raise ConfigError("nonce must be 32 bytes")
         if not isinstance(self.context, bytes) or len(self.context) > 1024:
             raise ConfigError("context must be at most 1024 bytes")
+        # §5.3 step 7
         keys = tuple(self.identity_keys)
         object.__setattr__(self, "identity_keys", keys)
         if self.mode is Mode.ACTIVE:

@@ -7,7 +7,8 @@ exactly the bytes ``encode()`` produces and raises :class:`DecodeError` for
 anything else. The same bytes are what gets signed and what test vectors
 record. ``specs/messages-v1.md`` gives every layout byte-exactly.
 
-Round by round (C = client to server, S = server to client):
+Round by round (C = client to server, a :class:`ClientMessage`; S = server to
+client, a :class:`ServerMessage`):
 
 * R0  C ``AdvertiseKeys``        two X25519 public keys (+ Ed25519 signature in active mode)
 * R0→1 S ``KeyDirectory``        the advertised keys of the recipient's neighbours and its own
@@ -27,10 +28,10 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from protocol import _cbor
-from protocol.errors import AbortReason, DecodeError
+from protocol.errors import AbortReason, DecodeError, RemoteProtocolError
 from protocol.shamir import SHARE_SIZE
 
 MAX_ID = (1 << 32) - 1
@@ -131,6 +132,25 @@ class Message:
         return _cbor.dumps([int(self.TYPE), self.session_id, *self.body()])
 
 
+# Which way a message goes is a fact of its class, so that a handler's signature
+# says which direction it reads and mypy checks it. The bases add no field and
+# no behaviour: the wire format is the one of ``Message``.
+
+
+class ClientMessage(Message):
+    """A client-to-server message: every one names its ``sender``."""
+
+    if TYPE_CHECKING:
+        # Declared for the type checker only: a real property here would shadow
+        # the dataclass field ``sender`` of the subclasses.
+        @property
+        def sender(self) -> int: ...
+
+
+class ServerMessage(Message):
+    """A server-to-client message: ``Abort`` or one addressed to a ``recipient``."""
+
+
 @dataclass(frozen=True)
 class AdvertisedKeys:
     """One client's round-0 contribution, as relayed inside a KeyDirectory."""
@@ -157,7 +177,7 @@ class AdvertisedKeys:
 
 
 @dataclass(frozen=True)
-class AdvertiseKeys(Message):
+class AdvertiseKeys(ClientMessage):
     TYPE = MessageType.ADVERTISE_KEYS
     keys: AdvertisedKeys
 
@@ -174,7 +194,7 @@ class AdvertiseKeys(Message):
 
 
 @dataclass(frozen=True)
-class KeyDirectory(Message):
+class KeyDirectory(ServerMessage):
     TYPE = MessageType.KEY_DIRECTORY
     recipient: int
     entries: tuple[AdvertisedKeys, ...]
@@ -203,7 +223,7 @@ class KeyDirectory(Message):
 
 
 @dataclass(frozen=True)
-class ShareKeys(Message):
+class ShareKeys(ClientMessage):
     TYPE = MessageType.SHARE_KEYS
     sender: int
     self_mask_commitment: bytes  # SHA-256 commitment to the self-mask seed
@@ -227,7 +247,7 @@ class ShareKeys(Message):
 
 
 @dataclass(frozen=True)
-class ShareBundle(Message):
+class ShareBundle(ServerMessage):
     TYPE = MessageType.SHARE_BUNDLE
     recipient: int
     ciphertexts: tuple[tuple[int, bytes], ...]  # (sender, ciphertext)
@@ -249,7 +269,7 @@ class ShareBundle(Message):
 
 
 @dataclass(frozen=True)
-class MaskedInput(Message):
+class MaskedInput(ClientMessage):
     TYPE = MessageType.MASKED_INPUT
     sender: int
     # Bit-packed, b bits per element; the length is checked against the config.
@@ -279,7 +299,7 @@ class MaskedInput(Message):
 
 
 @dataclass(frozen=True)
-class ConsistencyRequest(Message):
+class ConsistencyRequest(ServerMessage):
     TYPE = MessageType.CONSISTENCY_REQUEST
     recipient: int
     survivors: tuple[int, ...]
@@ -299,7 +319,7 @@ class ConsistencyRequest(Message):
 
 
 @dataclass(frozen=True)
-class ConsistencySignature(Message):
+class ConsistencySignature(ClientMessage):
     TYPE = MessageType.CONSISTENCY_SIGNATURE
     sender: int
     signature: bytes
@@ -319,7 +339,7 @@ class ConsistencySignature(Message):
 
 
 @dataclass(frozen=True)
-class UnmaskRequest(Message):
+class UnmaskRequest(ServerMessage):
     TYPE = MessageType.UNMASK_REQUEST
     recipient: int
     survivors: tuple[int, ...]
@@ -350,7 +370,7 @@ class UnmaskRequest(Message):
 
 
 @dataclass(frozen=True)
-class UnmaskResponse(Message):
+class UnmaskResponse(ClientMessage):
     TYPE = MessageType.UNMASK_RESPONSE
     sender: int
     self_mask_shares: tuple[tuple[int, bytes], ...]  # (survivor, share of its self-mask seed)
@@ -380,7 +400,7 @@ class UnmaskResponse(Message):
 
 
 @dataclass(frozen=True)
-class Abort(Message):
+class Abort(ServerMessage):
     TYPE = MessageType.ABORT
     reason: AbortReason
 
@@ -401,6 +421,10 @@ class Abort(Message):
             return cls(session_id, AbortReason(reason))
         except ValueError as exc:
             raise DecodeError(f"unknown abort reason {reason!r}") from exc
+
+
+ServerRequest = KeyDirectory | ShareBundle | ConsistencyRequest | UnmaskRequest
+"""The server messages addressed to one ``recipient`` (every one but ``Abort``)."""
 
 
 # -- server broadcasts --------------------------------------------------------
@@ -552,4 +576,40 @@ def decode_as(data: bytes, cls: type[M]) -> M:
     msg = decode_message(data)
     if not isinstance(msg, cls):
         raise DecodeError(f"expected {cls.__name__}, got {type(msg).__name__}")
+    return msg
+
+
+def decode_client_message(data: bytes) -> ClientMessage:
+    """Decode a message a server receives; refuse a server-to-client one.
+
+    A session applies the direction check at its place in the receive
+    pipeline (specs/secagg-v1.md §12.1 server step 5); this helper is for code
+    that decodes outside a session and wants the same answer.
+
+    Raises:
+        DecodeError: not a canonical message (``malformed_message``).
+        RemoteProtocolError: a server-to-client message (``wrong_round``: no
+            collecting state of the server accepts it, §12.1 server step 5).
+    """
+    msg = decode_message(data)
+    if not isinstance(msg, ClientMessage):
+        raise RemoteProtocolError(
+            AbortReason.WRONG_ROUND, f"{msg.TYPE.name} is a server-to-client message"
+        )
+    return msg
+
+
+def decode_server_message(data: bytes) -> ServerMessage:
+    """Decode a message a client receives; refuse a client-to-server one.
+
+    Raises:
+        DecodeError: not a canonical message (``malformed_message``).
+        RemoteProtocolError: a client-to-server message (``wrong_recipient``:
+            it has no recipient, specs/secagg-v1.md §12.1 step 6).
+    """
+    msg = decode_message(data)
+    if not isinstance(msg, ServerMessage):
+        raise RemoteProtocolError(
+            AbortReason.WRONG_RECIPIENT, f"{msg.TYPE.name} is a client-to-server message"
+        )
     return msg

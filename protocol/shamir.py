@@ -440,6 +440,7 @@ def judge_shares(
     """
     xs = sorted(shares)
     m, t = len(xs), threshold
+    # §13.1 rule 1
     if m <= t:
         return ShareVerdict(
             False,
@@ -448,12 +449,14 @@ def judge_shares(
             "owner are indistinguishable",
         )
     ys = [shares[x] for x in xs]
+    # §13.1 rule 2
     secret0, *rest = interpolate_at(xs[:t], ys[:t], [0, *xs[t:]])
     passes0 = secret0 < _SECRET_LIMIT and is_secret(secret0.to_bytes(SECRET_SIZE, "little"))
     if not passes0 and rest == ys[t:]:
         return ShareVerdict(
             True, (), f"all {m} shares lie on one polynomial whose secret fails the check"
         )
+    # §13.1 rule 3
     for start in range(m):
         window = [(start + j) % m for j in range(t)]
         wx = [xs[i] for i in window]

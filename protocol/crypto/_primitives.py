@@ -300,6 +300,7 @@ def ed25519_check(public: bytes, signature: bytes, message: bytes) -> Ed25519Rej
     ``[S]B = R + [k]A`` (cofactorless, RFC 8032 §5.1.7) is then checked by
     ``cryptography`` (OpenSSL), which also refuses A or R off the curve.
     """
+    # §6.6 rule 1
     if (
         not isinstance(public, bytes)
         or not isinstance(signature, bytes)
@@ -308,16 +309,22 @@ def ed25519_check(public: bytes, signature: bytes, message: bytes) -> Ed25519Rej
     ):
         return Ed25519Rejection.LENGTH
     r_enc, s_enc = signature[:32], signature[32:]
+    # §6.6 rule 2
     if int.from_bytes(s_enc, "little") >= ED25519_GROUP_ORDER:
         return Ed25519Rejection.S_OUT_OF_RANGE
+    # §6.6 rule 3
     if not _edwards_canonical(public):
         return Ed25519Rejection.PUBLIC_KEY_NOT_CANONICAL
+    # §6.6 rule 4
     if _edwards_y(public)[0] in ED25519_SMALL_ORDER_Y:
         return Ed25519Rejection.PUBLIC_KEY_SMALL_ORDER
+    # §6.6 rule 5
     if not _edwards_canonical(r_enc):
         return Ed25519Rejection.R_NOT_CANONICAL
+    # §6.6 rule 6
     if _edwards_y(r_enc)[0] in ED25519_SMALL_ORDER_Y:
         return Ed25519Rejection.R_SMALL_ORDER
+    # §6.6 rule 7 (cofactorless, by the library)
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except (InvalidSignature, ValueError):

@@ -214,11 +214,15 @@ class ServerSession:
             raise LocalProtocolError(f"no result: the session is in {self.round.value}")
         return self._result
 
-    def receive(self, data: bytes, *, authenticated_sender: int | None = None) -> None:
+    def receive(
+        self, data: bytes | ClientMessage, *, authenticated_sender: int | None = None
+    ) -> None:
         """Accept one client message of the current round.
 
         Args:
-            data: the message bytes.
+            data: the message bytes, or a message the driver already decoded
+                with :func:`~protocol.messages.decode_client_message` (e.g. off
+                its event loop), which skips step 2 of the pipeline only.
             authenticated_sender: the client the transport authenticated, if any;
                 a message claiming to come from another client is refused.
 
@@ -240,11 +244,11 @@ class ServerSession:
                 self._refused[who] = (exc.reason, exc.detail)
             raise
 
-    def _receive(self, data: bytes, authenticated_sender: int | None) -> None:
+    def _receive(self, data: bytes | ClientMessage, authenticated_sender: int | None) -> None:
         """The common pipeline of §12.1 (server), then the round's receiver."""
         self._claimed = None
         # §12.1 server step 2
-        msg = decode_message(data)
+        msg = data if isinstance(data, ClientMessage) else decode_message(data)
         claimed = msg.sender if isinstance(msg, ClientMessage) else None
         self._claimed = claimed
         # §12.1 server step 3

@@ -43,7 +43,7 @@ from protocol import (
 )
 from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
 from protocol.errors import AbortReason, ConfigError, ParameterError, RemoteProtocolError
-from protocol.messages import decode_message
+from protocol.messages import ClientMessage, decode_message
 from protocol.params import AdversaryClass, derive_parameters
 from protocol.transport import session_context
 from secagg import db as dbm
@@ -204,9 +204,9 @@ class RoundDriver:
             raise RemoteProtocolError(
                 AbortReason.WRONG_SENDER, f"client {client_id} is not in this round"
             )
-        await asyncio.to_thread(_check_sender, data, client_id)
+        msg = await asyncio.to_thread(_decode_from, data, client_id)
         async with self._lock:
-            await asyncio.to_thread(self.server.receive, data, authenticated_sender=client_id)
+            await asyncio.to_thread(self.server.receive, msg, authenticated_sender=client_id)
             self._stage_bytes_in += len(data)
             if self.server.ready():
                 self._progress.set()
@@ -245,14 +245,20 @@ class RoundDriver:
             self._progress.clear()
 
 
-def _check_sender(data: bytes, client_id: int) -> None:
-    """Decode a client's message and check it claims its authenticated sender."""
-    claimed = getattr(decode_message(data), "sender", None)
-    if claimed != client_id:
+def _decode_from(data: bytes, client_id: int) -> ClientMessage:
+    """Decode a client's message (once) and check it claims its authenticated sender.
+
+    The same checks, in the same order, as steps 2-3 of the server's receive
+    pipeline (secagg-v1.md §12.1); the session then skips its own decoding.
+    """
+    msg = decode_message(data)
+    claimed = msg.sender if isinstance(msg, ClientMessage) else None
+    if not isinstance(msg, ClientMessage) or claimed != client_id:
         raise RemoteProtocolError(
             AbortReason.WRONG_SENDER,
             f"authenticated as client {client_id} but the message is from {claimed}",
         )
+    return msg
 
 
 class TaskRunner:

@@ -293,3 +293,23 @@ def test_a_client_forging_server_messages_to_the_server_changes_nothing() -> Non
     want = sum(h.inputs[u] for u in config.participants) % (1 << 16)
     assert np.array_equal(h.server.result.aggregate, want.astype(np.uint32))
     assert h.server.result.survivors == config.participants
+
+
+def test_a_message_decoded_by_the_driver_is_received_like_its_bytes() -> None:
+    """``receive`` of a pre-decoded message (the service decodes off its event loop)
+    runs the same checks and yields the same exact sum as ``receive`` of the bytes."""
+    config = make_config(6, 32, bit_width=20)
+    h = Harness(config)
+    twin = ServerSession(config)
+    while h.server.round not in (Round.COMPLETED, Round.ABORTED):
+        for u, data in sorted(h.replies.items()):
+            twin.receive(decode_client_message(data), authenticated_sender=u)
+            if u == 2:  # a forged sender is refused before the session is touched
+                with pytest.raises(RemoteProtocolError) as info:
+                    twin.receive(decode_client_message(data), authenticated_sender=3)
+                assert info.value.reason is AbortReason.WRONG_SENDER
+        out = h.advance()
+        assert twin.advance() == out
+        h.deliver(out)
+    assert twin.round is Round.COMPLETED
+    assert (twin.result.aggregate == h.server.result.aggregate).all()

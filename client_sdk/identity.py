@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.crypto import SystemRandom, ed25519_public_key
@@ -22,6 +22,8 @@ class Identity:
     secret: bytes
     client_id: int | None = None
     server_url: str | None = None
+    # Where it was loaded from or saved to; the contribution ledger lives beside it.
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def public_key(self) -> bytes:
@@ -32,7 +34,7 @@ class Identity:
         return cls(SystemRandom().random_bytes(32))
 
     def with_enrolment(self, client_id: int, server_url: str) -> Identity:
-        return Identity(self.secret, client_id, server_url)
+        return Identity(self.secret, client_id, server_url, self.path)
 
     def save(self, path: str | Path) -> None:
         """Write atomically with mode 0600 (owner read/write only)."""
@@ -56,6 +58,7 @@ class Identity:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        object.__setattr__(self, "path", path)
 
     @classmethod
     def load(cls, path: str | Path) -> Identity:
@@ -72,7 +75,7 @@ class Identity:
         try:
             raw = json.loads(path.read_text())
             identity = cls(
-                bytes.fromhex(raw["secret_key"]), raw.get("client_id"), raw.get("server_url")
+                bytes.fromhex(raw["secret_key"]), raw.get("client_id"), raw.get("server_url"), path
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IdentityError(f"{path} is not a secagg identity file: {exc}") from exc

@@ -42,7 +42,7 @@ def simulate(
     *,
     rounds: int,
     clients_per_round: int | None = None,
-    mode: str = "semi-honest",
+    mode: str = "active",
     graph: str = "auto",
     clip: float = 1.0,
     scale: float = float(1 << 12),
@@ -52,6 +52,7 @@ def simulate(
     faults: Mapping[int, FaultFn] | None = None,
     workdir: Path | None = None,
     timeout_s: float = 600.0,
+    policy: ClientPolicy | None = None,
 ) -> SimulationReport:
     """Run ``rounds`` rounds of secure FedAvg with ``len(models)`` clients.
 
@@ -61,6 +62,8 @@ def simulate(
         train_fns / eval_fns: per client, as for :class:`client_sdk.client.Client`.
         faults: client index -> fault hook (drop at a stage of a round).
         workdir: where the SQLite database goes (default: a temporary folder).
+        policy: every client's policy (default ``ClientPolicy()``); the task is
+            created for clients with this policy.
     """
     import uvicorn
 
@@ -105,6 +108,7 @@ def simulate(
                 deadlines,
                 faults or {},
                 timeout_s,
+                policy or ClientPolicy(),
             )
         finally:
             server.should_exit = True
@@ -128,6 +132,7 @@ def _run(
     deadlines: Mapping[str, float] | None,
     faults: Mapping[int, FaultFn],
     timeout_s: float,
+    policy: ClientPolicy,
 ) -> SimulationReport:
     admin = httpx.Client(
         base_url=url, timeout=60, headers={"authorization": f"Bearer {admin_token}"}
@@ -150,6 +155,8 @@ def _run(
             "initial_weights": base64.b64encode(buf.getvalue()).decode(),
             "strategy": dict(strategy or {"name": "fedavg"}),
             "deadlines": dict(deadlines or {"R0": 60, "R1": 5, "R2": 5, "R3": 5, "R4": 5}),
+            "allow_semi_honest": policy.allow_semi_honest,
+            "min_participants": policy.min_participants,
         },
     )
     response.raise_for_status()
@@ -167,7 +174,7 @@ def _run(
                 train_fns[i],
                 eval_fns[i] if eval_fns else None,
                 task_id=task_id,
-                policy=ClientPolicy(min_participants=2),
+                policy=policy,
                 fault=faults.get(i),
             )
         )

@@ -23,6 +23,7 @@ from protocol.errors import (
 )
 from protocol.messages import Message, MessageType, decode_message
 from protocol.params import AdversaryClass, GraphParameters, derive_parameters
+from protocol.policy import PolicyError, SessionPolicy
 from protocol.server import AggregateResult, ServerSession
 from protocol.simulate import SimulationResult, make_config, simulate
 
@@ -44,6 +45,7 @@ __all__ = [
     "MessageType",
     "Mode",
     "ParameterError",
+    "PolicyError",
     "RandomSource",
     "RemoteProtocolError",
     "Round",
@@ -51,6 +53,7 @@ __all__ = [
     "SecAggError",
     "ServerSession",
     "SessionConfig",
+    "SessionPolicy",
     "SimulationResult",
     "SystemRandom",
     "decode_message",

@@ -67,6 +67,7 @@ from protocol.messages import (
     UnmaskResponse,
     decode_message,
 )
+from protocol.policy import PolicyError, SessionPolicy, check_session, check_survivors
 from protocol.shamir import SHARE_SIZE, decode_share, encode_share, split_secrets
 
 IntArray = npt.NDArray[np.integer]
@@ -84,8 +85,12 @@ class ClientSession:
         rng: source of secret randomness (default: the OS CSPRNG).
         identity_key: active mode: this client's raw Ed25519 secret key, whose
             public key must match the configuration.
+        policy: what this client accepts (§4.5); the strict
+            ``SessionPolicy()`` by default. Conformance tests pass
+            ``SessionPolicy.protocol_only()``.
 
     Raises:
+        PolicyError: the policy refuses the configuration (nothing was produced).
         ConfigError: inconsistent arguments.
     """
 
@@ -97,9 +102,12 @@ class ClientSession:
         *,
         rng: RandomSource | None = None,
         identity_key: bytes | None = None,
+        policy: SessionPolicy | None = None,
     ) -> None:
         if not config.is_participant(client_id):
             raise ConfigError(f"client {client_id} is not a participant of this session")
+        self.policy = policy if policy is not None else SessionPolicy()
+        check_session(config, self.policy)  # §4.5: before start() can produce anything
         vec = np.asarray(input_vector)
         if vec.ndim != 1 or vec.shape[0] != config.vector_length:
             raise ConfigError(
@@ -359,6 +367,10 @@ class ClientSession:
             self._check_consistency_signatures(msg)
         elif msg.signatures:
             self._fail(AbortReason.MALFORMED_MESSAGE, "signatures in a semi-honest session")
+        try:  # §4.5 survivor floor, on the (signed, in active mode) survivor set
+            check_survivors(len(survivors), self.policy)
+        except PolicyError as exc:
+            self._fail(AbortReason.BELOW_THRESHOLD, str(exc))
         self_shares = tuple(
             (v, self._held_self_mask_shares[v]) for v in sorted(self._share_senders & survivors)
         )

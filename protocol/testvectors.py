@@ -73,6 +73,7 @@ from protocol.messages import (
     UnmaskRequest,
     decode_message,
 )
+from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.simulate import DROP_ROUNDS, identity_secret, make_config, simulate
 
@@ -479,6 +480,7 @@ class _Recorder:
                 np.asarray(inputs[u], dtype=np.int64),
                 rng=DeterministicRandom(client_rng_seed(seed, u)),
                 identity_key=identity_secret(u) if config.mode is Mode.ACTIVE else None,
+                policy=SessionPolicy.protocol_only(),
             )
             for u in config.participants
         }
@@ -1267,6 +1269,7 @@ class _Replay:
                 np.asarray(d.input, dtype=np.int64),
                 rng=DeterministicRandom(d.rng_seed),
                 identity_key=d.identity_secret,
+                policy=SessionPolicy.protocol_only(),
             )
             for u, d in clients.items()
         }

@@ -136,7 +136,9 @@ def run_demo(
                 "scale": float(1 << 16),
                 "max_weight": 1000,
                 "initial_weights": base64.b64encode(buf.getvalue()).decode(),
-                "deadlines": {"R0": 10, "R1": 3, "R2": 3, "R3": 3, "R4": 3},
+                # R0 includes local training; generous for a busy machine (it closes
+                # as soon as every client has sent).
+                "deadlines": {"R0": 20, "R1": 5, "R2": 5, "R3": 5, "R4": 5},
                 "strategy": {"name": "fedavg", "server_lr": DEMO.server_lr},
             },
         )

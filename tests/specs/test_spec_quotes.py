@@ -969,6 +969,21 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
         "| `2**30 - 64` | `protocol.config.MAX_PACKED_SIZE` |",
         "| `2**30 - 46` | `protocol.config.MAX_PACKED_SIZE` |",
     ),
+    # §4.5 client policy and §10.1 orchestrator thresholds.
+    (
+        "code",
+        SECAGG,
+        "if mode is Mode.ACTIVE and 2 * t - k <= c_max:",
+        "if mode is Mode.ACTIVE and 2 * t - k < c_max:",
+    ),
+    ("code", SECAGG, "if mode is Mode.SEMI_HONEST and t <= c_max:", "if t <= c_max:"),
+    (
+        "code",
+        SECAGG,
+        "if num_survivors < policy.min_participants:",
+        "if num_survivors <= policy.min_participants:",
+    ),
+    ("code", SECAGG, "if t > k - dropped:", "if t >= k - dropped:"),
 ]
 
 

@@ -8,6 +8,10 @@ Embedding it in an existing loop::
                     eval_fn=lambda m: evaluate(m, test_loader),      # EvalSums
                     task_id=1, verify="ca.pem")
     client.run()
+
+The client refuses sessions its :class:`ClientPolicy` does not accept (spec
+§4.5) and, through its contribution ledger (``<identity file>.ledger``), a
+second masked input on a base model version it already contributed to.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ class Identity:
     secret: bytes
     client_id: int | None = None
     server_url: str | None = None
-    # Where it was loaded from or saved to; the contribution ledger lives beside it.
+    # Where it was loaded from (``load``); the contribution ledger lives beside it.
     path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -58,7 +58,6 @@ class Identity:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        object.__setattr__(self, "path", path)
 
     @classmethod
     def load(cls, path: str | Path) -> Identity:

@@ -89,7 +89,7 @@ class Coordinator:
 
     def runner(self, task_id: int) -> TaskRunner:
         runner = self.runners.get(task_id)
-        if runner is None:
+        if runner is None or runner.finished:
             raise ApiError(404, "unknown_task", f"task {task_id} is not running")
         return runner
 

@@ -351,6 +351,7 @@ class TaskRunner:
         self._stopped = False
         # Why no round is starting, when it is for want of eligible clients.
         self.waiting_reason: str | None = None
+        self.finished = False
 
     # -- clients --------------------------------------------------------------
 
@@ -377,6 +378,17 @@ class TaskRunner:
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Check-ins to a finished task are refused (404) instead of long-polling
+            # forever, so clients waiting for a round that will not come stop.
+            self.finished = True
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.cancel()
+
+    async def _run(self) -> None:
         while not self._stopped:
             task = self._load_task()
             if task is None or task.status is not dbm.TaskStatus.ACTIVE:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.client import Client, ClientPolicy, RequestRefused, enrol
 from client_sdk.models import FunctionModel
 from protocol import ConfigError, GraphKind, Mode, ParameterError, Round
 from protocol.encoding import EvalSums
@@ -166,6 +166,15 @@ def test_after_an_aborted_round_only_fresh_clients_are_selected(tmp_path: Path) 
         assert set(second["participants"]) == fresh_ids
         for t in waiting + again:
             t.join(timeout=60)
+        # The task is over: check-ins are refused rather than long-polled forever.
+        refused: RequestRefused | None = None
+        deadline = time.monotonic() + 30
+        while refused is None and time.monotonic() < deadline:
+            try:
+                first[0].participate()  # None: a long poll that ended before the runner did
+            except RequestRefused as exc:
+                refused = exc
+        assert refused is not None and refused.status == 404
         db = dbm.Database.from_url(f"sqlite:///{tmp_path / 'secagg.db'}")
         with db.session() as s:
             assert dbm.masked_input_senders(s, task, 1) == contributors | fresh_ids

@@ -274,8 +274,11 @@ class Attack:
                         break
 
 
+COHORT = 5  # the smallest cohort a default client accepts (specs/secagg-v1.md §4.7)
+
+
 def _round_for(url: str, idents: list[Identity]) -> int:
-    """Create a two-client task and have ``idents`` check in; the round's id."""
+    """Create a ``len(idents)``-client task and have ``idents`` check in; the round's id."""
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
         r = http.post(
             "/v1/admin/tasks",
@@ -283,7 +286,7 @@ def _round_for(url: str, idents: list[Identity]) -> int:
                 "name": "hostile",
                 "vector_length": 8,
                 "rounds": 1,
-                "clients_per_round": 2,
+                "clients_per_round": len(idents),
                 "graph": "complete",
                 "deadlines": {"R0": 600},
             },
@@ -335,9 +338,11 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
     proc, url = start_server(work)
     try:
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
-            tokens = [http.post("/v1/admin/tokens", json={}).json()["token"] for _ in range(3)]
+            tokens = [
+                http.post("/v1/admin/tokens", json={}).json()["token"] for _ in range(COHORT + 1)
+            ]
         idents = [enrol(url, t) for t in tokens]
-        round_id = _round_for(url, idents[:2])
+        round_id = _round_for(url, idents[:COHORT])
         # The same probe without any attack, for comparison on a shared machine.
         baseline = _probe_process(url, min(5.0, duration_s / 2)).communicate()[0]
         base_latencies = json.loads(baseline)["latencies"]
@@ -346,7 +351,7 @@ def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
         threads = [
             threading.Thread(target=attack.half_open, daemon=True),
             threading.Thread(target=attack.uploads, daemon=True),
-            threading.Thread(target=attack.bad_headers, args=(idents[2],), daemon=True),
+            threading.Thread(target=attack.bad_headers, args=(idents[COHORT],), daemon=True),
             threading.Thread(target=attack.worst_cbor, args=(idents[0], round_id), daemon=True),
             threading.Thread(target=attack.worst_cbor, args=(idents[1], round_id), daemon=True),
         ]

@@ -8,6 +8,10 @@ Embedding it in an existing loop::
                     eval_fn=lambda m: evaluate(m, test_loader),      # EvalSums
                     task_id=1, verify="ca.pem")
     client.run()
+
+The client refuses sessions its :class:`ClientPolicy` does not accept (spec
+§4.7) and, through its contribution ledger (``<identity file>.ledger``), a
+second masked input on a base model version it already contributed to.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from client_sdk.identity import Identity
+from client_sdk.ledger import ContributionLedger, ledger_path_for
 from client_sdk.models import FlatModel, as_flat_model
 from protocol import ClientSession, Mode, Round, SessionConfig, SystemRandom
 from protocol.authority import (
@@ -38,7 +43,8 @@ from protocol.authority import (
     verify_roster,
 )
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
-from protocol.errors import DecodeError, SecAggError
+from protocol.errors import ConfigError, DecodeError, SecAggError
+from protocol.policy import DEFAULT_MIN_PARTICIPANTS, PolicyError, SessionPolicy, check_session
 from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
 
 log = logging.getLogger("secagg.client")
@@ -75,22 +81,58 @@ class PolicyViolation(ClientError):
     """The server proposed a session this client's policy does not accept."""
 
 
+RESUBMISSION_WARNING = (
+    "resubmission on the same base version allowed by explicit opt-in: two sums over "
+    "the same contribution let the server subtract them and read one client's update"
+)
+
+
 @dataclass(frozen=True)
 class ClientPolicy:
     """What this client accepts from a server, checked before it sends anything.
 
-    The threshold bounds what colluding parties must control to learn one
-    client's update, so a client refuses sessions below its floor.
+    A thin wrapper over :class:`protocol.policy.SessionPolicy` (spec §4.7),
+    whose rules ``ClientSession`` applies again at construction, plus the
+    differencing rule of the contribution ledger. The defaults are the safe
+    ones; each opt-in is logged as a warning when the client is created.
+
+    Attributes:
+        allow_semi_honest: accept semi-honest sessions (unsigned keys: a
+            server that substitutes them recovers inputs).
+        min_participants: distinct participants, and survivors, a sum must have.
+        assumed_corrupt_rate: fraction of participants assumed to collude
+            with the server; bounds the threshold the client accepts.
+        min_assumed_colluders: colluders assumed whatever the rate gives.
+        allow_resubmission_on_same_base: send a second masked input for a
+            (server, task, base version) already contributed to.
+        require_certified_identities: join active sessions only when the
+            identity pins a task authority whose roster certifies every
+            participant (``secagg client enrol --authority-key``).
     """
 
-    min_participants: int = 3
-    # t >= fraction * degree. The fcp-compatible SecAgg+ parameters for the
-    # semi-honest model go down to about 0.35 (e.g. degree 38, threshold 22 at
-    # 10^6 clients has 0.58, degree 8 / threshold 3 at 50 has 0.375); active
-    # mode always needs t > degree/2, which the configuration itself enforces.
-    min_threshold_fraction: float = 0.35
-    allowed_modes: frozenset[Mode] = frozenset({Mode.SEMI_HONEST, Mode.ACTIVE})
-    require_active: bool = False
+    allow_semi_honest: bool = False
+    min_participants: int = DEFAULT_MIN_PARTICIPANTS
+    assumed_corrupt_rate: float = 0.05
+    min_assumed_colluders: int = 1
+    allow_resubmission_on_same_base: bool = False
+    require_certified_identities: bool = True
+
+    @property
+    def session(self) -> SessionPolicy:
+        """The protocol-level policy (raises ConfigError if a field is invalid)."""
+        return SessionPolicy(
+            allow_semi_honest=self.allow_semi_honest,
+            min_participants=self.min_participants,
+            assumed_corrupt_rate=self.assumed_corrupt_rate,
+            min_assumed_colluders=self.min_assumed_colluders,
+            require_certified_identities=self.require_certified_identities,
+        )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What this policy gives up compared with the defaults."""
+        extra = (RESUBMISSION_WARNING,) if self.allow_resubmission_on_same_base else ()
+        return self.session.warnings + extra
 
 
 @dataclass(frozen=True)
@@ -121,7 +163,10 @@ class Client:
         timeout_s: float = 60.0,
         roster_scope: str | None = None,
         roster_min_serial: int = 0,
+        ledger: ContributionLedger | None = None,
     ) -> None:
+        """``ledger`` defaults to ``<identity file>.ledger`` when the identity was
+        loaded from (or saved to) a file, else to a ledger kept in memory."""
         if identity.client_id is None:
             raise ClientError("identity is not enrolled: enrol it with a token first")
         self.identity = identity
@@ -134,6 +179,16 @@ class Client:
         # The highest roster serial accepted so far: an older roster is refused.
         self.roster_min_serial = roster_min_serial
         self.policy = policy or ClientPolicy()
+        try:
+            self._session_policy = self.policy.session
+        except ConfigError as exc:
+            raise ClientError(f"invalid client policy: {exc}") from exc
+        for warning in self.policy.warnings:
+            log.warning("client %d: %s", self.client_id, warning)
+        if ledger is None:
+            path = ledger_path_for(identity.path) if identity.path is not None else None
+            ledger = ContributionLedger(path)
+        self.ledger = ledger
         self.fault = fault
         self._http = httpx.Client(
             base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
@@ -232,11 +287,13 @@ class Client:
             max_example_loss=float(a["encoding"]["max_example_loss"]),
             loss_scale=float(a["encoding"]["loss_scale"]),
         )
+        base_version = int(a["base_version"])
         self._check_policy(config, encoding, number, int(a["model_length"]))
+        self._check_ledger(base_version)
         roster, authority = self._check_roster(config, a.get("roster"))
         if self.on_assignment is not None:
             self.on_assignment(a)
-        base = self._download(int(a["base_version"]))
+        base = self._download(base_version)
         self.model.set_weights(base)
         metrics = self.eval_fn(self.model) if self.eval_fn else EvalSums(0, 0, 0.0)
         examples = int(self.train_fn(self.model))
@@ -251,12 +308,19 @@ class Client:
             identity_key=self.identity.secret if config.mode is Mode.ACTIVE else None,
             roster=roster,
             authority=authority,
+            policy=self._session_policy,
         )
         sent = received = 0
         if self._faulty(number, Round.R0_ADVERTISE_KEYS):
             return RoundOutcome(number, "dropped", seconds=time.monotonic() - started)
         msg = session.start()
-        self._post(a["round_id"], msg)
+        try:
+            self._post(a["round_id"], msg)
+        except RequestRefused as exc:
+            if exc.status not in (409, 410):
+                raise
+            # The round closed before our keys arrived (e.g. its R0 deadline passed).
+            return RoundOutcome(number, "aborted", exc.code, 0, 0, time.monotonic() - started)
         sent += len(msg)
         seq = 0
         while session.round not in (Round.COMPLETED, Round.ABORTED):
@@ -283,6 +347,9 @@ class Client:
                 return RoundOutcome(
                     number, "dropped", None, sent, received, time.monotonic() - started
                 )
+            if stage is Round.R2_MASKED_INPUT_COLLECTION:
+                # §4.7 differencing: recorded (durably) before the masked input leaves.
+                self.ledger.record(self._server_key, self.task_id, base_version)
             try:
                 self._post(a["round_id"], reply)
             except RequestRefused as exc:
@@ -315,13 +382,20 @@ class Client:
     ) -> tuple[Roster | None, PinnedAuthority | None]:
         """authority-v1.md §5.2, before training or sending anything; refusals are typed.
 
-        Without a pinned authority nothing is checked (and nothing is passed on).
-        With one, only active sessions are accepted: in a semi-honest session the
-        round-0 keys are unsigned, so the server could substitute them whatever
-        the roster says (a downgrade).
+        Without a pinned authority an active session is refused unless the policy
+        opted out of certified identities (semi-honest sessions are then governed
+        by ``allow_semi_honest``). With one, only active sessions are accepted: in
+        a semi-honest session the round-0 keys are unsigned, so the server could
+        substitute them whatever the roster says (a downgrade).
         """
         pinned = self.identity.authority_key
         if pinned is None:
+            if config.mode is Mode.ACTIVE and self.policy.require_certified_identities:
+                raise PolicyViolation(
+                    "this client pins no task authority, so nothing certifies the identity "
+                    "keys the server put in the session; enrol with --authority-key (or "
+                    "opt out with require_certified_identities=False)"
+                )
             return None, None
         if config.mode is not Mode.ACTIVE:
             raise PolicyViolation(
@@ -344,23 +418,35 @@ class Client:
         self.roster_min_serial = max(self.roster_min_serial, roster.serial)
         return roster, authority
 
+    @property
+    def _server_key(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    def _check_ledger(self, base_version: int) -> None:
+        """Refuse a second contribution on the same base version (§4.7), nothing sent."""
+        if self.ledger.contains(self._server_key, self.task_id, base_version):
+            if not self.policy.allow_resubmission_on_same_base:
+                raise PolicyViolation(
+                    f"already sent a masked input for task {self.task_id} on base version "
+                    f"{base_version}: a second sum over the same contribution lets the "
+                    "server subtract them (allow_resubmission_on_same_base opts out)"
+                )
+            log.warning(
+                "client %d: contributing again on base version %d (%s)",
+                self.client_id,
+                base_version,
+                RESUBMISSION_WARNING,
+            )
+
     def _check_policy(
         self, config: SessionConfig, encoding: RoundEncoding, number: int, model_length: int
     ) -> None:
-        p = self.policy
         if self.client_id not in config.participants:
             raise PolicyViolation(f"client {self.client_id} is not a participant of the session")
-        if config.num_participants < p.min_participants:
-            raise PolicyViolation(f"{config.num_participants} participants < {p.min_participants}")
-        if config.mode not in p.allowed_modes or (
-            p.require_active and config.mode is not Mode.ACTIVE
-        ):
-            raise PolicyViolation(f"mode {config.mode.value} is not allowed by this client")
-        if config.threshold < p.min_threshold_fraction * config.degree:
-            raise PolicyViolation(
-                f"threshold {config.threshold} is below {p.min_threshold_fraction} x degree "
-                f"{config.degree}"
-            )
+        try:
+            check_session(config, self._session_policy)
+        except PolicyError as exc:
+            raise PolicyViolation(str(exc)) from exc
         if model_length != self.model.num_weights:
             raise PolicyViolation(
                 f"task model has {model_length} weights, local model {self.model.num_weights}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.crypto import SystemRandom, ed25519_is_valid_public, ed25519_public_key
@@ -47,6 +47,8 @@ class Identity:
     client_id: int | None = None
     server_url: str | None = None
     authority_key: bytes | None = None
+    # Where it was loaded from (``load``); the contribution ledger lives beside it.
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def public_key(self) -> bytes:
@@ -57,11 +59,11 @@ class Identity:
         return cls(SystemRandom().random_bytes(32))
 
     def with_enrolment(self, client_id: int, server_url: str) -> Identity:
-        return Identity(self.secret, client_id, server_url, self.authority_key)
+        return Identity(self.secret, client_id, server_url, self.authority_key, self.path)
 
     def with_authority(self, authority_key: bytes | None) -> Identity:
         """The same identity pinning ``authority_key`` (None: no authority)."""
-        return Identity(self.secret, self.client_id, self.server_url, authority_key)
+        return Identity(self.secret, self.client_id, self.server_url, authority_key, self.path)
 
     def save(self, path: str | Path) -> None:
         """Write atomically with mode 0600 (owner read/write only)."""
@@ -107,6 +109,7 @@ class Identity:
                 raw.get("client_id"),
                 raw.get("server_url"),
                 parse_authority_key(pinned) if pinned is not None else None,
+                path,
             )
         except (ValueError, KeyError, TypeError, IdentityError) as exc:
             raise IdentityError(f"{path} is not a secagg identity file: {exc}") from exc

@@ -24,6 +24,10 @@ import numpy.typing as npt
 
 from client_sdk.client import Client, ClientPolicy, EvalFn, FaultFn, RoundOutcome, TrainFn, enrol
 from client_sdk.models import FlatModel, as_flat_model
+from protocol import SystemRandom
+from protocol.authority import sign_roster, task_scope
+from protocol.crypto import ed25519_public_key
+from protocol.transport import CBOR_MEDIA_TYPE
 
 
 @dataclass
@@ -42,7 +46,7 @@ def simulate(
     *,
     rounds: int,
     clients_per_round: int | None = None,
-    mode: str = "semi-honest",
+    mode: str = "active",
     graph: str = "auto",
     clip: float = 1.0,
     scale: float = float(1 << 12),
@@ -52,6 +56,7 @@ def simulate(
     faults: Mapping[int, FaultFn] | None = None,
     workdir: Path | None = None,
     timeout_s: float = 600.0,
+    policy: ClientPolicy | None = None,
 ) -> SimulationReport:
     """Run ``rounds`` rounds of secure FedAvg with ``len(models)`` clients.
 
@@ -61,6 +66,8 @@ def simulate(
         train_fns / eval_fns: per client, as for :class:`client_sdk.client.Client`.
         faults: client index -> fault hook (drop at a stage of a round).
         workdir: where the SQLite database goes (default: a temporary folder).
+        policy: every client's policy (default ``ClientPolicy()``); the task is
+            created for clients with this policy.
     """
     import uvicorn
 
@@ -105,6 +112,7 @@ def simulate(
                 deadlines,
                 faults or {},
                 timeout_s,
+                policy or ClientPolicy(),
             )
         finally:
             server.should_exit = True
@@ -128,6 +136,7 @@ def _run(
     deadlines: Mapping[str, float] | None,
     faults: Mapping[int, FaultFn],
     timeout_s: float,
+    policy: ClientPolicy,
 ) -> SimulationReport:
     admin = httpx.Client(
         base_url=url, timeout=60, headers={"authorization": f"Bearer {admin_token}"}
@@ -150,15 +159,22 @@ def _run(
             "initial_weights": base64.b64encode(buf.getvalue()).decode(),
             "strategy": dict(strategy or {"name": "fedavg"}),
             "deadlines": dict(deadlines or {"R0": 60, "R1": 5, "R2": 5, "R3": 5, "R4": 5}),
+            "allow_semi_honest": policy.allow_semi_honest,
+            "min_participants": policy.min_participants,
         },
     )
     response.raise_for_status()
     task_id = int(response.json()["id"])
+    # A task authority of the simulation's own (held here, never by the server):
+    # clients pin its key at enrolment and it certifies them in a roster.
+    certified = mode == "active" and policy.require_certified_identities
+    authority = SystemRandom().random_bytes(32) if certified else None
+    authority_key = ed25519_public_key(authority) if authority is not None else None
     outcomes: dict[int, list[RoundOutcome]] = {}
     clients: list[Client] = []
     for i, model in enumerate(models):
         token = admin.post("/v1/admin/tokens", json={"label": f"sim-{i}"}).json()["token"]
-        ident = enrol(url, token, name=f"sim-{i}")
+        ident = enrol(url, token, name=f"sim-{i}", authority_key=authority_key)
         clients.append(
             Client(
                 url,
@@ -167,10 +183,26 @@ def _run(
                 train_fns[i],
                 eval_fns[i] if eval_fns else None,
                 task_id=task_id,
-                policy=ClientPolicy(min_participants=2),
+                policy=policy,
                 fault=faults.get(i),
             )
         )
+
+    if authority is not None:
+        now = int(time.time())
+        roster = sign_roster(
+            authority,
+            task_scope(task_id),
+            1,
+            now - 60,
+            now + 7 * 86400,
+            [(c.client_id, c.identity.public_key) for c in clients],
+        )
+        admin.put(
+            f"/v1/admin/tasks/{task_id}/roster",
+            content=roster.encode(),
+            headers={"content-type": CBOR_MEDIA_TYPE},
+        ).raise_for_status()
 
     def participate(i: int) -> None:
         outcomes[i] = clients[i].run(stop=lambda: _done(admin, task_id), idle_timeout_s=30)

@@ -26,6 +26,7 @@ from protocol.errors import (
 )
 from protocol.messages import Message, MessageType, decode_message
 from protocol.params import AdversaryClass, GraphParameters, derive_parameters
+from protocol.policy import PolicyError, SessionPolicy
 from protocol.server import AggregateResult, ClientRecord, ServerSession
 from protocol.simulate import SimulationResult, make_config, simulate
 
@@ -50,6 +51,7 @@ __all__ = [
     "MessageType",
     "Mode",
     "ParameterError",
+    "PolicyError",
     "RandomSource",
     "ReconstructionFailed",
     "RemoteProtocolError",
@@ -58,6 +60,7 @@ __all__ = [
     "SecAggError",
     "ServerSession",
     "SessionConfig",
+    "SessionPolicy",
     "SimulationResult",
     "SystemRandom",
     "decode_message",

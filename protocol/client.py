@@ -83,6 +83,7 @@ from protocol.messages import (
     UnmaskResponse,
     decode_message,
 )
+from protocol.policy import PolicyError, SessionPolicy, check_session, check_survivors
 from protocol.shamir import SHARE_SIZE, decode_share, encode_share, split_secrets
 
 IntArray = npt.NDArray[np.integer]
@@ -115,6 +116,9 @@ class ClientSession:
         rng: source of secret randomness (default: the OS CSPRNG).
         identity_key: active mode: this client's raw Ed25519 secret key, whose
             public key must match the configuration.
+        policy: what this client accepts (§4.7); the strict
+            ``SessionPolicy()`` by default. Conformance tests pass
+            ``SessionPolicy.protocol_only()``.
         roster: the task authority's signed roster relayed by the server
             (``specs/authority-v1.md``); checked against ``authority``.
         authority: the pinned task authority, the expected scope and the
@@ -123,6 +127,7 @@ class ClientSession:
             key (authority-v1.md §5.2), before anything is sent.
 
     Raises:
+        PolicyError: the policy refuses the configuration (nothing was produced).
         ConfigError: inconsistent arguments.
         CertificationError: the roster is missing or does not certify the
             session (``fault`` names the failed step).
@@ -136,11 +141,14 @@ class ClientSession:
         *,
         rng: RandomSource | None = None,
         identity_key: bytes | None = None,
+        policy: SessionPolicy | None = None,
         roster: bytes | Roster | None = None,
         authority: PinnedAuthority | None = None,
     ) -> None:
         if not config.is_participant(client_id):
             raise ConfigError(f"client {client_id} is not a participant of this session")
+        self.policy = policy if policy is not None else SessionPolicy()
+        check_session(config, self.policy)  # §4.7: before start() can produce anything
         vec = np.asarray(input_vector)
         if vec.ndim != 1 or vec.shape[0] != config.vector_length:
             raise ConfigError(
@@ -176,6 +184,15 @@ class ClientSession:
             )
         elif roster is not None:
             raise ConfigError("a roster is only checked against a pinned authority")
+        elif config.mode is Mode.ACTIVE and self.policy.require_certified_identities:
+            # §4.7 rule 5: without a pinned authority every peer's identity key
+            # comes from whoever built the configuration, the server included.
+            raise PolicyError(
+                "uncertified_identities",
+                "an active session needs a pinned task authority that certifies every "
+                "participant's identity key (spec §4.6); without one the server could "
+                "substitute its own keys for the peers",
+            )
         self.config = config
         self.client_id = client_id
         self.session_id = config.session_id
@@ -472,6 +489,11 @@ class ClientSession:
         elif msg.signatures:
             self._fail(AbortReason.MALFORMED_MESSAGE, "signatures in a semi-honest session")
         # §12.9 step 4
+        try:  # the survivor floor of the client's policy (§4.7), on the signed set
+            check_survivors(len(survivors), self.policy)
+        except PolicyError as exc:
+            self._fail(AbortReason.BELOW_THRESHOLD, str(exc))
+        # §12.9 step 5
         self_shares = tuple(
             (v, self._held_self_mask_shares[v]) for v in sorted(self._share_senders & survivors)
         )

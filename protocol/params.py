@@ -131,6 +131,7 @@ __all__ = [
     "GraphParameters",
     "check_complete_graph_threshold",
     "complete_graph_threshold",
+    "corrupt_neighbour_bound",
     "derive_parameters",
 ]
 
@@ -574,3 +575,41 @@ class _Hypergeometric:
 @lru_cache(maxsize=4096)
 def _lgamma_int(m: int) -> float:
     return math.lgamma(m)
+
+
+def corrupt_neighbour_bound(
+    num_clients: int,
+    degree: int,
+    corrupt_rate: float,
+    *,
+    security_bits: int = DEFAULT_SECURITY_BITS,
+) -> int:
+    """``t1`` of the privacy test: a high-probability bound on corrupt neighbours.
+
+    The smallest integer ``t1`` with ``Pr[corrupt neighbours > t1] <=
+    2^-(sigma+1) / n``, the number of corrupt neighbours of a client being
+    hypergeometric (population ``n``, ``floor(gamma n)`` marked, ``degree``
+    drawn): exactly the ``t1`` that :func:`derive_parameters` computes before
+    its semi-malicious adjustment. ``protocol.policy`` uses it so that a
+    client and the orchestrator bound the colluders the same way.
+
+    Raises:
+        ParameterError: an input is out of range.
+    """
+    _validate_threat_model(num_clients, 0.0, corrupt_rate, AdversaryClass.SEMI_HONEST)
+    if isinstance(degree, bool) or not isinstance(degree, int) or not 1 <= degree < num_clients:
+        raise ParameterError(f"degree must be an integer in [1, {num_clients - 1}], got {degree!r}")
+    if isinstance(security_bits, bool) or not isinstance(security_bits, int):
+        raise ParameterError(f"security_bits must be an integer, got {security_bits!r}")
+    if not 1 <= security_bits <= MAX_BITS:
+        raise ParameterError(f"security_bits must be in [1, {MAX_BITS}], got {security_bits}")
+    return _corrupt_neighbour_bound(num_clients, degree, float(corrupt_rate), security_bits)
+
+
+@lru_cache(maxsize=4096)
+def _corrupt_neighbour_bound(n: int, k: int, corrupt_rate: float, security_bits: int) -> int:
+    # The same expressions, in the same order, as in _search.
+    privacy_quantile = math.pow(2, -(security_bits + 1.0)) / n
+    max_corrupt = math.floor((corrupt_rate + _SMALL) * n)
+    t1 = _Hypergeometric(n, max_corrupt, k).find_quantile(privacy_quantile, complement=True)
+    return int(t1)

@@ -21,6 +21,7 @@ from protocol.config import GraphKind, Mode, SessionConfig
 from protocol.crypto import DeterministicRandom, RandomSource, SystemRandom, ed25519_public_key
 from protocol.encoding import from_modular
 from protocol.errors import ConfigError, RoundAborted
+from protocol.policy import SessionPolicy
 from protocol.server import AggregateResult, ServerSession
 
 # The round in which a client stops: it never sends that round's message (nor later ones).
@@ -172,7 +173,14 @@ def simulate(
         if config.mode is Mode.ACTIVE:
             ident = (identity_keys or {}).get(u) or identity_secret(u)
         t0 = time.perf_counter()
-        clients[u] = ClientSession(config, u, by_id[u], rng=rng_for(u), identity_key=ident)
+        clients[u] = ClientSession(
+            config,
+            u,
+            by_id[u],
+            rng=rng_for(u),
+            identity_key=ident,
+            policy=SessionPolicy.protocol_only(),  # the reference harness runs any config
+        )
         client_s[u] += time.perf_counter() - t0
 
     server = ServerSession(config)

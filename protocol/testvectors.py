@@ -57,6 +57,7 @@ from protocol.messages import (
     decode_message,
 )
 from protocol.params import AdversaryClass
+from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.shamir import FIELD_PRIME, decode_share, encode_share
 from protocol.simulate import DROP_ROUNDS, identity_secret, make_config, simulate
@@ -617,6 +618,7 @@ class _Recorder:
                 np.asarray(inputs[u], dtype=np.int64),
                 rng=DeterministicRandom(client_rng_seed(seed, u)),
                 identity_key=identity_secret(u) if config.mode is Mode.ACTIVE else None,
+                policy=SessionPolicy.protocol_only(),
             )
             for u in config.participants
         }

@@ -27,9 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from protocol import ConfigError, DecodeError, RemoteProtocolError
+from protocol import ConfigError, DecodeError, Mode, RemoteProtocolError
 from protocol.authority import CertificationError, Roster, authority_key_id
 from protocol.encoding import FixedPointEncoding, RoundEncoding
+from protocol.policy import DEFAULT_MIN_PARTICIPANTS, SessionPolicy
 from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
 from secagg import metrics as prom
@@ -43,7 +44,7 @@ from secagg.auth import (
     verify_body,
 )
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
-from secagg.orchestrator import TaskRunner
+from secagg.orchestrator import TaskRunner, check_task_parameters
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
 from secagg.settings import Settings
 
@@ -219,7 +220,7 @@ class TaskCreate(BaseModel):
     rounds: int = Field(ge=1, le=1_000_000)
     clients_per_round: int = Field(ge=2, le=100_000)
     min_clients: int | None = Field(default=None, ge=2)
-    mode: Literal["semi-honest", "active"] = "semi-honest"
+    mode: Literal["semi-honest", "active"] = "active"
     graph: Literal["complete", "harary", "auto"] = "auto"
     dropout_rate: float = Field(default=0.1, ge=0, lt=1)
     corrupt_rate: float = Field(default=0.05, ge=0, lt=1)
@@ -232,6 +233,20 @@ class TaskCreate(BaseModel):
         Literal["R0", "R1", "R2", "R3", "R4"], Annotated[float, Field(gt=0, le=86400)]
     ] = Field(default_factory=dict)
     strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
+    # The client policy the task is checked against at creation (spec §4.7): a
+    # task no such client would accept is refused. Lowering either is only
+    # meaningful for clients that opted in the same way.
+    allow_semi_honest: bool = Field(
+        default=False,
+        description="clients of this task opted into semi-honest sessions (the server "
+        "can then substitute keys and recover inputs)",
+    )
+    min_participants: int = Field(
+        default=DEFAULT_MIN_PARTICIPANTS,
+        ge=2,
+        le=100_000,
+        description="the clients' floor on participants and survivors",
+    )
     max_aborted_rounds: int = Field(
         default=dbm.DEFAULT_MAX_ABORTED_ROUNDS,
         ge=1,
@@ -443,6 +458,20 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         try:  # a task whose rounds could never run is refused now, not at round time
             encoding = RoundEncoding(FixedPointEncoding(req.clip, req.scale, req.max_weight))
             encoding.required_bit_width(req.clients_per_round)
+            # Up to ~0.5 s for wide ranges of large cohorts: off the event loop.
+            await run_in_threadpool(
+                check_task_parameters,
+                Mode(req.mode),
+                req.graph,
+                req.dropout_rate,
+                req.corrupt_rate,
+                req.min_clients or req.clients_per_round,
+                req.clients_per_round,
+                SessionPolicy(
+                    allow_semi_honest=req.allow_semi_honest,
+                    min_participants=req.min_participants,
+                ),
+            )
         except ConfigError as exc:
             raise ApiError(400, "bad_task", str(exc)) from exc
 
@@ -537,6 +566,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             out["quarantined"] = [
                 _quarantine_json(q).model_dump() for q in _quarantine_rows(s, task_id, False)
             ]
+        runner = coord.runners.get(task_id)
+        out["waiting_reason"] = runner.waiting_reason if runner is not None else None
         out["versions"] = [_version_json(v) for v in coord.registry.list_versions(task_id)]
         return out
 

@@ -542,6 +542,57 @@ class Round(Base):
     blamed: Mapped[list[int] | None] = mapped_column(_json())
 
 
+class MaskedInputSender(Base):
+    """A client asked for its masked input in a round (R2), i.e. one that may have sent it.
+
+    Recorded before the server closes R2, i.e. before any unmasking request
+    goes out, so no sum over an input exists without its record. It covers
+    every client that received its shares in R1 (a client records its own
+    contribution before sending, and cannot tell whether a late input
+    counted). The orchestrator never selects such a client again for a round
+    of the same task on the same ``base_version`` (spec §10.2, differencing).
+    """
+
+    __tablename__ = "masked_input_senders"
+    __table_args__ = (Index(None, "task_id", "base_version"),)
+
+    round_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
+    base_version: Mapped[int] = mapped_column(Integer)
+
+
+def record_masked_input_senders(
+    session: Session, round_id: int, task_id: int, base_version: int, clients: list[int]
+) -> None:
+    """Record who was asked for a masked input in ``round_id`` (idempotent per client)."""
+    known = set(
+        session.scalars(
+            select(MaskedInputSender.client_id).where(MaskedInputSender.round_id == round_id)
+        )
+    )
+    for u in sorted(set(clients) - known):
+        session.add(
+            MaskedInputSender(
+                round_id=round_id, client_id=u, task_id=task_id, base_version=base_version
+            )
+        )
+
+
+def masked_input_senders(session: Session, task_id: int, base_version: int) -> set[int]:
+    """Clients that may have sent a masked input for this task on ``base_version``."""
+    return set(
+        session.scalars(
+            select(MaskedInputSender.client_id).where(
+                MaskedInputSender.task_id == task_id,
+                MaskedInputSender.base_version == base_version,
+            )
+        )
+    )
+
+
 # --------------------------------------------------------------------------- engine
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
 from protocol.errors import AbortReason, ConfigError, ParameterError, RemoteProtocolError
 from protocol.messages import ClientMessage, decode_message
 from protocol.params import AdversaryClass, derive_parameters
+from protocol.policy import SessionPolicy, check_parameters, smallest_threshold
 from protocol.transport import session_context
 from secagg import db as dbm
 from secagg.registry import ModelRegistry
@@ -76,18 +78,41 @@ def round_encoding(task: dbm.Task) -> RoundEncoding:
     )
 
 
+def server_policy(mode: Mode, corrupt_rate: float) -> SessionPolicy:
+    """The collusion assumption the orchestrator derives its thresholds from.
+
+    The same rule as a client's (``protocol.policy``) with the task's
+    ``corrupt_rate``; the participant floor is the clients' business (and
+    :func:`check_task_parameters`'), so it is left at its minimum here.
+    """
+    return SessionPolicy(
+        allow_semi_honest=mode is Mode.SEMI_HONEST,
+        min_participants=2,
+        assumed_corrupt_rate=corrupt_rate,
+    )
+
+
 def choose_graph(
     n: int, mode: Mode, graph: str, dropout_rate: float, corrupt_rate: float
 ) -> tuple[GraphKind, int, int]:
-    """(graph kind, degree, threshold) for ``n`` participants.
+    """(graph kind, degree, threshold) for ``n`` participants (spec §10.2).
 
-    ``harary`` (or ``auto`` when feasible) uses the fcp-compatible parameter
-    finder; the complete graph uses a strict majority of the other clients,
-    raised (never above n-1) towards tolerating the expected dropouts.
+    ``harary`` (or ``auto`` from 100 clients) uses the fcp-compatible parameter
+    finder. The complete graph (``k = n - 1``) takes the smallest threshold
+    the collusion rule of ``protocol.policy`` accepts for the task's
+    ``corrupt_rate``: ``2t - k > c_max`` (active) or ``t > c_max``
+    (semi-honest), ``t >= 2``, with ``c_max = max(1, ceil(corrupt_rate * n))``;
+    then requires ``t <= k - ceil(dropout_rate * n)``, so that every client
+    keeps ``t`` surviving neighbours when ``ceil(dropout_rate * n)`` others drop.
+
+    Raises:
+        ParameterError: no threshold meets both bounds; the message says which
+            parameter to change.
     """
     # SecAgg+ pays off for large cohorts; below ~100 clients the parameter
     # finder's sparse graphs are tiny (degree 2 at n=10) and the complete graph
     # costs little, so "auto" keeps the complete graph there.
+    policy = server_policy(mode, corrupt_rate)
     if graph == "harary" or (graph == "auto" and n >= AUTO_HARARY_MIN_CLIENTS):
         adversary = (
             AdversaryClass.SEMI_MALICIOUS if mode is Mode.ACTIVE else AdversaryClass.SEMI_HONEST
@@ -95,13 +120,79 @@ def choose_graph(
         try:
             p = derive_parameters(n, dropout_rate, corrupt_rate, adversary)
             if p.degree < n - 1:
+                # fcp's parameters meet the rule by construction (§10); checked anyway.
+                check_parameters(n, mode, GraphKind.HARARY, p.degree, p.threshold, policy)
                 return GraphKind.HARARY, p.degree, p.threshold
         except ParameterError:
             if graph == "harary":
                 raise
     k = n - 1
-    t = max(k // 2 + 1, 1)
-    return GraphKind.COMPLETE, k, min(t, k)
+    t = smallest_threshold(n, mode, GraphKind.COMPLETE, k, policy)
+    dropped = math.ceil(round(dropout_rate * n, 9))
+    if t > k - dropped:
+        rule = "2t - k > c_max" if mode is Mode.ACTIVE else "t > c_max"
+        raise ParameterError(
+            f"{n} clients on the complete graph: the collusion rule ({rule} at corrupt_rate "
+            f"{corrupt_rate}) needs threshold {t}, but with ceil(dropout_rate * n) = {dropped} "
+            f"dropouts only k - {dropped} = {k - dropped} neighbours survive; lower "
+            "dropout_rate or corrupt_rate, or select more clients per round"
+        )
+    return GraphKind.COMPLETE, k, t
+
+
+# Cohort sizes checked one by one at task creation; beyond, a sample (§10.2).
+_MAX_SIZES_CHECKED = 512
+
+
+def check_task_parameters(
+    mode: Mode,
+    graph: str,
+    dropout_rate: float,
+    corrupt_rate: float,
+    min_clients: int,
+    clients_per_round: int,
+    client_policy: SessionPolicy,
+) -> None:
+    """Refuse a task whose rounds a client with ``client_policy`` would refuse.
+
+    For every cohort size from ``min_clients`` to ``clients_per_round`` (a
+    sample of at most 512 sizes, both ends included, when the range is
+    larger): :func:`choose_graph` must succeed and its parameters must pass
+    ``check_parameters`` under ``client_policy``.
+
+    Raises:
+        ConfigError: (a ``PolicyError`` or ``ParameterError``) naming the cohort
+            size, the rule and what to change.
+    """
+    sizes = range(min_clients, clients_per_round + 1)
+    if len(sizes) > _MAX_SIZES_CHECKED:
+        step = len(sizes) / (_MAX_SIZES_CHECKED - 1)
+        picked = {min_clients + round(i * step) for i in range(_MAX_SIZES_CHECKED - 1)}
+        sizes = sorted(picked | {clients_per_round})  # type: ignore[assignment]
+    for n in sizes:
+        if n < client_policy.min_participants:
+            raise ConfigError(
+                f"min_clients {min_clients} < {client_policy.min_participants}: clients "
+                f"refuse sessions with fewer than {client_policy.min_participants} "
+                "participants (a small cohort lets the sum reveal one client's update); "
+                f"raise min_clients and clients_per_round to at least "
+                f"{client_policy.min_participants}"
+            )
+        try:
+            kind, degree, threshold = choose_graph(n, mode, graph, dropout_rate, corrupt_rate)
+        except ParameterError as exc:
+            raise ParameterError(f"cohort of {n} clients: {exc}") from exc
+        try:
+            check_parameters(n, mode, kind, degree, threshold, client_policy)
+        except ConfigError as exc:
+            hint = (
+                "use mode active"
+                if mode is Mode.SEMI_HONEST and not client_policy.allow_semi_honest
+                else f"raise corrupt_rate to at least {client_policy.assumed_corrupt_rate}"
+            )
+            raise ConfigError(
+                f"a cohort of {n} clients would be refused by clients ({exc}); {hint}"
+            ) from exc
 
 
 @dataclass
@@ -184,6 +275,8 @@ class RoundDriver:
     mailboxes: dict[int, Mailbox] = field(init=False)
     stages: dict[str, StageRecord] = field(default_factory=dict)
     on_stage: Callable[[str, StageRecord], None] | None = None
+    # Called before R2 closes with every client asked for a masked input (§10.2).
+    on_masked_inputs: Callable[[frozenset[int]], None] | None = None
 
     def __post_init__(self) -> None:
         self.server = ServerSession(self.config)
@@ -216,11 +309,18 @@ class RoundDriver:
         while self.server.round not in (Round.COMPLETED, Round.ABORTED):
             stage = _STAGE_KEYS[self.server.round]
             started = time.monotonic()
-            expected = len(self.server.pending())
+            waited_for = self.server.pending()
+            expected = len(waited_for)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_ready(), self.deadlines[stage])
             async with self._lock:
                 sent = expected - len(self.server.pending())
+                if stage == "R2" and self.on_masked_inputs is not None:
+                    # §10.2: recorded before advance() lets any unmasking request out.
+                    # Every client asked for a masked input, not only those whose
+                    # input arrived: a client records its contribution before
+                    # sending, and a late or lost input is one all the same.
+                    self.on_masked_inputs(waited_for)
                 out = await asyncio.to_thread(self.server.advance)
                 record = StageRecord(
                     participants=sent,
@@ -282,6 +382,8 @@ class TaskRunner:
         self._arrival = asyncio.Event()
         self._events = events or (lambda kind, data: None)
         self._stopped = False
+        # Why no round is starting, when it is for want of eligible clients.
+        self.waiting_reason: str | None = None
         # Clients excluded from selection (blamed; see specs §16.2). Loaded
         # from the database when the loop starts, then kept in step with it.
         self.quarantined: set[int] = set()
@@ -321,7 +423,12 @@ class TaskRunner:
         try:
             await self._run()
         finally:
+            # Check-ins to a finished task are refused (404) instead of long-polling
+            # forever, so clients waiting for a round that will not come stop.
             self.finished = True
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.cancel()
 
     async def _run(self) -> None:
         self.quarantined = await asyncio.to_thread(load_quarantined, self.db, self.task_id)
@@ -333,32 +440,68 @@ class TaskRunner:
                 self._set_status(dbm.TaskStatus.COMPLETED)
                 self._events("task_completed", {"task_id": self.task_id})
                 return
-            participants = await self._gather(task.min_clients, task.clients_per_round)
+            base_version = self.registry.get(self.task_id).version
+            with self.db.session() as s:
+                contributed = dbm.masked_input_senders(s, self.task_id, base_version)
+            participants = await self._gather(
+                task.min_clients, task.clients_per_round, contributed, base_version
+            )
             if participants is None:
                 return
+            self.waiting_reason = None
             try:
                 await self._run_round(task, participants)
             except Exception:  # a round must never take the runner down
                 log.exception("round of task %s failed", self.task_id)
                 await asyncio.sleep(0.5)
 
-    def _available(self) -> list[int]:
-        return [u for u, f in self.waiting.items() if not f.done() and u not in self.quarantined]
+    def _available(self, excluded: frozenset[int] | set[int] = frozenset()) -> list[int]:
+        return [
+            u
+            for u, f in self.waiting.items()
+            if not f.done() and u not in excluded and u not in self.quarantined
+        ]
 
-    async def _gather(self, minimum: int, wanted: int) -> list[int] | None:
+    async def _gather(
+        self,
+        minimum: int,
+        wanted: int,
+        contributed: set[int] | None = None,
+        base_version: int | None = None,
+    ) -> list[int] | None:
+        """Wait for ``minimum`` eligible clients; select up to ``wanted`` of them.
+
+        Clients in ``contributed`` already sent a masked input on the current
+        base version and are never selected again for it (§4.7): if too few
+        others are waiting, the runner keeps waiting for fresh clients and
+        says why in ``waiting_reason`` (task detail) and in the log.
+        """
+        excluded = frozenset(contributed or ())
         while not self._stopped:
-            if len(self._available()) >= minimum:
+            eligible = self._available(excluded)
+            if len(eligible) >= minimum:
                 # A short grace period lets late check-ins join a round.
                 deadline = time.monotonic() + self.grace
-                while len(self._available()) < wanted and time.monotonic() < deadline:
+                while len(self._available(excluded)) < wanted and time.monotonic() < deadline:
                     self._arrival.clear()
                     try:
                         await asyncio.wait_for(self._arrival.wait(), deadline - time.monotonic())
                     except TimeoutError:
                         break
-                available = self._available()
+                available = self._available(excluded)
                 if len(available) >= minimum:
                     return self.selector.select(available, wanted)
+            elif len(self._available()) > len(eligible):
+                reason = (
+                    f"waiting for clients: {len(eligible)} of the {len(self._available())} "
+                    f"checked in were never asked for a masked input on base version "
+                    f"{base_version}, {minimum} needed (a client contributes at most once "
+                    "per base version)"
+                )
+                if reason != self.waiting_reason:
+                    log.warning("task %s: %s", self.task_id, reason)
+                    self._events("selection_waiting", {"task_id": self.task_id, "reason": reason})
+                self.waiting_reason = reason
             self._arrival.clear()
             await self._arrival.wait()
         return None
@@ -414,6 +557,9 @@ class TaskRunner:
             s.flush()
             round_id = row.id
         driver = RoundDriver(round_id, config, deadlines)
+        driver.on_masked_inputs = lambda senders: self._record_masked_inputs(
+            round_id, base.version, senders
+        )
         driver.on_stage = lambda stage, rec: self._events(
             "stage", {"task_id": self.task_id, "round": number, "stage": stage, **rec.__dict__}
         )
@@ -602,6 +748,14 @@ class TaskRunner:
         if failure:
             # run() sees the status and stops: no endless loop of aborts.
             self._events("task_failed", {"task_id": self.task_id, "reason": failure})
+
+    def _record_masked_inputs(
+        self, round_id: int, base_version: int, senders: frozenset[int]
+    ) -> None:
+        with self.db.session() as s:
+            dbm.record_masked_input_senders(
+                s, round_id, self.task_id, base_version, sorted(senders)
+            )
 
     def _load_task(self) -> dbm.Task | None:
         with self.db.session() as s:

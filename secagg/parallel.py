@@ -21,6 +21,7 @@ import numpy.typing as npt
 from protocol import ClientSession, Mode, Round, ServerSession, SessionConfig
 from protocol.encoding import from_modular
 from protocol.errors import RoundAborted
+from protocol.policy import SessionPolicy
 from protocol.simulate import DROP_ROUNDS, identity_secret
 
 _ORDER = {r: i for i, r in enumerate(DROP_ROUNDS)}
@@ -35,7 +36,13 @@ def _worker(
     config = SessionConfig.decode(config_bytes)
     active = config.mode is Mode.ACTIVE
     sessions = {
-        u: ClientSession(config, u, inputs[u], identity_key=identity_secret(u) if active else None)
+        u: ClientSession(
+            config,
+            u,
+            inputs[u],
+            identity_key=identity_secret(u) if active else None,
+            policy=SessionPolicy.protocol_only(),  # benchmark/simulation worker
+        )
         for u in clients
     }
     busy = 0.0

@@ -71,6 +71,7 @@ from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, from_
 from protocol.errors import AbortReason, DecodeError, ParameterError, RemoteProtocolError
 from protocol.messages import Abort, decode_message
 from protocol.params import AdversaryClass, complete_graph_threshold, derive_parameters
+from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.simulate import DROP_ROUNDS
 from protocol.transport import session_context
@@ -394,6 +395,9 @@ def _client_session(config: SessionConfig, u: int, data: _ClientData) -> ClientS
         np.asarray(data.input, dtype=np.int64),
         rng=DeterministicRandom(data.rng_seed),
         identity_key=data.identity_secret,
+        # Vectors pin the protocol's checks, on sessions (2 clients, t = 1,
+        # semi-honest) no deployed client's policy accepts (secagg-v1.md §4.7).
+        policy=SessionPolicy.protocol_only(),
     )
 
 

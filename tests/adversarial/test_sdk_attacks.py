@@ -56,7 +56,7 @@ def test_semi_honest_opt_in_gives_the_update_to_a_substituting_server() -> None:
     attacker = SubstitutingServer(config, TARGET)
     server = FakeServer(config, np.zeros(LENGTH, np.float32), attacker.on_message)
     update = np.linspace(-0.5, 0.5, LENGTH).astype(np.float32)
-    policy = ClientPolicy(allowed_modes=frozenset({Mode.SEMI_HONEST}))
+    policy = ClientPolicy(allow_semi_honest=True)
     _client(policy, server, update).run(rounds=1)
     got = reconstruct(attacker.view).input
     assert got is not None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import Mode, make_config
+from protocol import ClientSession, Mode, PolicyError, SessionPolicy, make_config
+from protocol.policy import assumed_colluders
+from protocol.simulate import identity_secret
 from tests.adversarial.oracle import as_modular
 from tests.adversarial.split import best_split, split_survivor_attack
 
@@ -35,6 +37,18 @@ def test_split_survivors_recovers_input_iff_colluders_reach_2t_minus_k(
 ) -> None:
     config = make_config(n, 16, bit_width=16, mode=Mode.ACTIVE, threshold=t)
     k = n - 1
+    # A default client assumes c_max colluders among its neighbours (§4.7) and
+    # refuses, before producing anything, every session its bound cannot protect.
+    # (Certification, rule 5, is not the subject here: see test_key_substitution.)
+    policy = SessionPolicy(require_certified_identities=False)
+    c_max = assumed_colluders(config, policy)
+    x0 = np.zeros(16, np.int64)
+    if 2 * t - k <= c_max:
+        with pytest.raises(PolicyError) as info:
+            ClientSession(config, 1, x0, identity_key=identity_secret(1), policy=policy)
+        assert info.value.rule == "collusion_bound"
+    else:
+        ClientSession(config, 1, x0, identity_key=identity_secret(1), policy=policy)
     target = 1
     colluders = set(range(n - c + 1, n + 1))
     outcome = split_survivor_attack(

@@ -11,16 +11,24 @@ import numpy as np
 from protocol import ClientSession, Round, ServerSession, SessionConfig, decode_message
 from protocol.config import Mode
 from protocol.messages import Message
+from protocol.policy import SessionPolicy
 from protocol.simulate import identity_secret
 
 
 class Harness:
     """N honest clients and an honest server, advanced one round at a time."""
 
-    def __init__(self, config: SessionConfig, seed: bytes = b"harness") -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        seed: bytes = b"harness",
+        policy: SessionPolicy | None = None,
+    ) -> None:
+        """``policy`` defaults to ``SessionPolicy.protocol_only()`` (protocol tests)."""
         from protocol.crypto import DeterministicRandom
 
         self.config = config
+        policy = policy if policy is not None else SessionPolicy.protocol_only()
         self.inputs = {
             u: np.arange(config.vector_length, dtype=np.int64) * u for u in config.participants
         }
@@ -31,6 +39,7 @@ class Harness:
                 self.inputs[u],
                 rng=DeterministicRandom(seed + u.to_bytes(4, "big")),
                 identity_key=identity_secret(u) if config.mode is Mode.ACTIVE else None,
+                policy=policy,
             )
             for u in config.participants
         }

@@ -49,7 +49,11 @@ from protocol.crypto import (
 from protocol.crypto.ed25519_cases import ed25519_cases
 from protocol.encoding import from_modular
 from protocol.errors import ConfigError
+from protocol.policy import SessionPolicy
 from protocol.simulate import identity_secret
+
+# These tests are about the authority check / erasure, not the policy (§4.7).
+PROTOCOL_ONLY = SessionPolicy.protocol_only()
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "specs" / "vectors" / SUBDIRECTORY
@@ -115,6 +119,7 @@ def _attack(
             identity_key=identity_secret(TARGET) if identity else None,
             roster=roster,
             authority=authority,
+            policy=PROTOCOL_ONLY,
         )
     except CertificationError:
         return sent, None
@@ -127,6 +132,7 @@ def _attack(
             np.zeros(LENGTH, dtype=np.int64),
             rng=DeterministicRandom(b"sybil" + u.to_bytes(4, "big")),
             identity_key=server_keys[u] or None,
+            policy=PROTOCOL_ONLY,
         )
         for u in config.participants
         if u != TARGET
@@ -222,6 +228,7 @@ def test_a_pinned_client_refuses_before_sending_anything(
             identity_key=identity_secret(TARGET),
             roster=roster,
             authority=PINNED,
+            policy=PROTOCOL_ONLY,
         )
     assert info.value.fault is fault
     sent, recovered = _attack(config, keys, roster=roster, authority=PINNED)
@@ -250,7 +257,14 @@ def test_a_pinned_client_refuses_a_downgrade_to_semi_honest() -> None:
     assert recovered is not None and recovered.tolist() == TARGET_INPUT.tolist()
     assert sent
     with pytest.raises(CertificationError) as info:
-        ClientSession(config, TARGET, TARGET_INPUT, roster=_honest_roster(), authority=PINNED)
+        ClientSession(
+            config,
+            TARGET,
+            TARGET_INPUT,
+            roster=_honest_roster(),
+            authority=PINNED,
+            policy=PROTOCOL_ONLY,
+        )
     assert info.value.fault is CertificationFault.NOT_ACTIVE
     sent, recovered = _attack(config, keys, roster=_honest_roster(), authority=PINNED)
     assert (sent, recovered) == ([], None)
@@ -300,6 +314,7 @@ def test_an_honest_certified_session_completes_exactly() -> None:
             identity_key=identity_secret(u),
             roster=roster,
             authority=PINNED,
+            policy=PROTOCOL_ONLY,
         )
         for u in config.participants
     }
@@ -324,6 +339,7 @@ def test_a_larger_roster_certifies_a_subset_of_participants() -> None:
         identity_key=identity_secret(1),
         roster=_honest_roster(range(1, 9)),
         authority=PINNED,
+        policy=PROTOCOL_ONLY,
     )
 
 
@@ -336,6 +352,7 @@ def test_a_roster_without_a_pinned_authority_is_a_local_error() -> None:
             np.zeros(LENGTH, dtype=np.int64),
             identity_key=identity_secret(1),
             roster=_honest_roster(),
+            policy=PROTOCOL_ONLY,
         )
 
 

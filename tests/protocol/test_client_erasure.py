@@ -26,9 +26,13 @@ from protocol.client import SECRET_FIELDS, ClientSession
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import DeterministicRandom, SystemRandom, X25519Secret
 from protocol.messages import Abort
+from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.simulate import identity_secret, make_config
 from protocol.testing.vectors import FORMAT, replay_vector
+
+# These tests are about the authority check / erasure, not the policy (§4.7).
+PROTOCOL_ONLY = SessionPolicy.protocol_only()
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "specs" / "vectors"
 TRANSCRIPTS = sorted(
@@ -131,6 +135,7 @@ def _run_until(config: SessionConfig, target: Round) -> dict[int, ClientSession]
             np.arange(4, dtype=np.int64) * u,
             rng=DeterministicRandom(b"erasure/%d" % u),
             identity_key=identity_secret(u) if config.mode is Mode.ACTIVE else None,
+            policy=PROTOCOL_ONLY,
         )
         for u in config.participants
     }

@@ -32,6 +32,7 @@ from protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from protocol.policy import SessionPolicy
 from tests.protocol.harness import Harness, tamper
 
 
@@ -397,7 +398,7 @@ def test_local_misuse_is_a_local_error() -> None:
     config = make_config(4, 8, bit_width=16)
     import numpy as np
 
-    c = ClientSession(config, 1, np.zeros(8, np.int64))
+    c = ClientSession(config, 1, np.zeros(8, np.int64), policy=SessionPolicy.protocol_only())
     with pytest.raises(LocalProtocolError):
         c.receive(b"")
     c.start()

@@ -11,7 +11,7 @@ import pytest
 from client_sdk.client import Client, ClientPolicy, PolicyViolation, ServerUnreachable, enrol
 from client_sdk.identity import Identity, IdentityError
 from client_sdk.models import FunctionModel
-from protocol import SessionConfig, make_config
+from protocol import Mode, SessionConfig, make_config
 from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.transport import session_context
 
@@ -59,8 +59,9 @@ def _config(**kw: object) -> SessionConfig:
     args: dict[str, object] = {
         "num_clients": 5,
         "vector_length": ENC.vector_length(4),
-        "bit_width": ENC.required_bit_width(5),
+        "bit_width": ENC.required_bit_width(10),
         "context": session_context(1, 3, ENC.context()),
+        "mode": Mode.ACTIVE,
     }
     args.update(kw)
     return make_config(**args)  # type: ignore[arg-type]
@@ -73,18 +74,25 @@ def test_policy_accepts_a_proper_session() -> None:
 @pytest.mark.parametrize(
     ("config", "number", "length", "policy", "match"),
     [
-        (lambda: _config(threshold=1), 3, 4, None, "threshold 1 is below"),
+        (lambda: _config(mode=Mode.SEMI_HONEST, threshold=1), 3, 4, None, "semi_honest"),
         (
-            lambda: _config(num_clients=2, vector_length=ENC.vector_length(4)),
+            lambda: _config(mode=Mode.SEMI_HONEST),
+            3,
+            4,
+            ClientPolicy(allow_semi_honest=True, min_assumed_colluders=3),
+            "collusion_bound",
+        ),
+        (
+            lambda: _config(num_clients=4, vector_length=ENC.vector_length(4)),
             3,
             4,
             None,
-            "participants",
+            "min_participants",
         ),
+        (lambda: _config(num_clients=10, threshold=5), 3, 4, None, "collusion_bound"),
         (lambda: _config(), 4, 4, None, "another task, round or encoding"),
         (lambda: _config(), 3, 5, None, "task model has 5 weights"),
         (lambda: _config(bit_width=20), 3, 4, None, "wrap"),
-        (lambda: _config(), 3, 4, ClientPolicy(require_active=True), "mode semi-honest"),
     ],
 )
 def test_policy_refuses_sessions_it_did_not_agree_to(

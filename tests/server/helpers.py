@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from client_sdk.client import ClientPolicy
 from secagg.app import create_app
 from secagg.settings import Settings
 
@@ -45,6 +46,17 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def uncertified_policy() -> ClientPolicy:
+    """The default client policy (active sessions only, >= 5 participants, the
+    collusion rule) with ONE explicit opt-out: ``require_certified_identities=False``.
+
+    For end-to-end tests whose subject is not identity certification (blame,
+    quarantine, the differencing rule), so that they need no task authority and
+    roster. Certified rounds are tested in ``test_authority_service.py``.
+    """
+    return ClientPolicy(require_certified_identities=False)
 
 
 def admin(url: str) -> httpx.Client:

@@ -1,7 +1,8 @@
 """A client process for end-to-end tests: a 16-weight model whose 'training' adds a step.
 
 ``--crash-round R --crash-stage S`` makes the process SIGKILL itself at that
-stage of that round (a real crash, not a polite exit); ``--slow-round R``
+stage of that round (a real crash, not a polite exit; ``--crash-first``: of
+the first round the client is selected for); ``--slow-round R``
 makes training in round R take 4 seconds.
 """
 
@@ -31,6 +32,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--crash-round", type=int, default=0)
     p.add_argument("--crash-stage", default="R2")
+    p.add_argument("--crash-first", action="store_true")
     p.add_argument("--slow-round", type=int, default=0)
     a = p.parse_args()
     verify: bool | str = a.ca or True
@@ -45,7 +47,9 @@ def main() -> int:
         return 10
 
     def fault(number: int, stage: Round) -> bool:
-        if number == a.crash_round and stage.value.startswith(a.crash_stage):
+        first = state.setdefault("first_round", number)
+        crash_round = first if a.crash_first else a.crash_round
+        if number == crash_round and stage.value.startswith(a.crash_stage):
             os.kill(os.getpid(), signal.SIGKILL)
         return False
 
@@ -61,7 +65,8 @@ def main() -> int:
         lambda m: EvalSums(1, 1, 0.0),
         task_id=a.task,
         verify=verify,
-        policy=ClientPolicy(min_participants=2),
+        # Not about certified identities: no task authority (opt-out).
+        policy=ClientPolicy(min_participants=2, require_certified_identities=False),
         fault=fault,
     )
     client.on_assignment = lambda asg: state.__setitem__("round", int(asg["round_number"]))

@@ -38,7 +38,8 @@ def _clients(url: str, task: int, n: int, fault_for: dict[int, object]) -> list[
                 train,
                 lambda m: EvalSums(1, 1, 0.0),
                 task_id=task,
-                policy=ClientPolicy(min_participants=3),
+                # Not about certified identities: no task authority (opt-out).
+                policy=ClientPolicy(min_participants=3, require_certified_identities=False),
                 fault=fault_for.get(i),
             )
         )  # type: ignore[arg-type]
@@ -106,6 +107,9 @@ def test_wrong_round_and_wrong_length_inside_a_live_round_change_nothing(tmp_pat
                     "rounds": 1,
                     "clients_per_round": 4,
                     "graph": "complete",
+                    # Four clients that lowered their floor to 3; no dropout expected.
+                    "min_participants": 3,
+                    "dropout_rate": 0.0,
                     "scale": 1024.0,
                     "max_weight": 10,
                     "deadlines": {"R0": 10, "R1": 3, "R2": 3, "R3": 3, "R4": 3},

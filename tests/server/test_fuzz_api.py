@@ -37,7 +37,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
                     "name": "target",
                     "vector_length": 4,
                     "rounds": 1,
-                    "clients_per_round": 3,
+                    "clients_per_round": 5,
                 },
             ).status_code
             == 200

@@ -299,7 +299,8 @@ def _task(url: str, name: str) -> int:
     with admin(url) as c:
         r = c.post(
             "/v1/admin/tasks",
-            json={"name": name, "vector_length": 4, "rounds": 1, "clients_per_round": 2},
+            # 5 clients per round: the smallest cohort a default client accepts (spec §4.7).
+            json={"name": name, "vector_length": 4, "rounds": 1, "clients_per_round": 5},
         )
     assert r.status_code == 200, r.text
     return int(r.json()["id"])

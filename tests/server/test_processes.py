@@ -174,18 +174,21 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 @pytest.mark.slow
 def test_client_killed_mid_round_is_a_dropout_not_a_hang(tmp_path: Path) -> None:
     with server(tmp_path) as s:
-        task = s.task(clients_per_round=4, min_clients=3)
-        procs = [s.client(task, i, 2) for i in range(3)]
-        # Client 3 dies with SIGKILL just before sending its masked input in round 1.
-        procs.append(s.client(task, 3, 2, "--crash-round", "1", "--crash-stage", "R2"))
+        task = s.task(clients_per_round=6, min_clients=5)
+        procs = [s.client(task, i, 2) for i in range(5)]
+        # Client 5 dies with SIGKILL just before sending its masked input, in the
+        # first round it is selected for (five clients suffice to start a round).
+        procs.append(s.client(task, 5, 2, "--crash-first", "--crash-stage", "R2"))
         _wait(lambda: s.detail(task)["status"] == "completed", 90, "both rounds")
-        assert procs[3].wait(timeout=10) == -signal.SIGKILL
-        for p in procs[:3]:
+        assert procs[5].wait(timeout=10) == -signal.SIGKILL
+        for p in procs[:5]:
             assert p.wait(timeout=30) == 0
         rounds = s.detail(task)["rounds_detail"]
         assert [r["status"] for r in rounds] == ["completed", "completed"]
-        assert rounds[0]["stage_stats"]["R2"]["dropouts"] == 1
-        assert len(rounds[1]["participants"]) == 3
+        drops = [r["stage_stats"]["R2"]["dropouts"] for r in rounds]
+        assert sorted(drops) == [0, 1]
+        assert len(rounds[drops.index(1)]["participants"]) == 6
+        assert len(rounds[drops.index(0)]["participants"]) == 5
 
 
 @pytest.mark.slow
@@ -194,8 +197,9 @@ def test_server_killed_mid_round_restarts_with_registry_intact(tmp_path: Path) -
     s.start()
     try:
         # Two completed rounds: round 2 is aborted by the crash and does not count,
-        # so the task completes with round 3.
-        task = s.task(rounds=2)
+        # so the task completes with round 3. Three clients that lowered their
+        # floor (proc_client's ClientPolicy); no dropouts.
+        task = s.task(rounds=2, min_participants=3, dropout_rate=0.0)
         # Training in round 2 is slow, so round 2 is surely running when the server dies.
         procs = [s.client(task, i, 3, "--slow-round", "2") for i in range(3)]
         _wait(

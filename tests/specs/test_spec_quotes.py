@@ -85,6 +85,7 @@ from protocol.messages import (
     UnmaskResponse,
     decode_message,
 )
+from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.simulate import SimulationResult, identity_secret, make_config, simulate
 
@@ -831,6 +832,7 @@ def _clients_until(mode: Mode, target: Round | None) -> tuple[SessionConfig, Cli
             _CLIENT_INPUT,
             rng=DeterministicRandom(b"spec-terminal/%d" % u),
             identity_key=identity_secret(u) if mode is Mode.ACTIVE else None,
+            policy=SessionPolicy.protocol_only(),  # the tables are protocol behaviour
         )
         for u in config.participants
     }
@@ -1251,6 +1253,21 @@ MUTATIONS: list[tuple[str, str, str, str]] = [
     ("code", SECAGG, "_SMALL = 1e-14", "_SMALL = 1e-15"),
     ("code", SECAGG, 'b"secagg-task\\x00"', 'b"secagg-task\\x01"'),
     ("code", SECAGG, '">Qdd", self.max_eval_examples', '">Qdf", self.max_eval_examples'),
+    # §4.7 client policy and §10.2 orchestrator thresholds.
+    (
+        "code",
+        SECAGG,
+        "if mode is Mode.ACTIVE and 2 * t - k <= c_max:",
+        "if mode is Mode.ACTIVE and 2 * t - k < c_max:",
+    ),
+    ("code", SECAGG, "if mode is Mode.SEMI_HONEST and t <= c_max:", "if t <= c_max:"),
+    (
+        "code",
+        SECAGG,
+        "if num_survivors < policy.min_participants:",
+        "if num_survivors <= policy.min_participants:",
+    ),
+    ("code", SECAGG, "if t > k - dropped:", "if t >= k - dropped:"),
 ]
 
 

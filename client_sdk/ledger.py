@@ -1,0 +1,111 @@
+"""The contribution ledger: which (server, task, base version) this client sent a masked input for.
+
+Two sums over the same contribution let a server subtract them (spec §4.7,
+differencing): if one round aborts after the server received a client's
+masked input, and a second round on the same base model is run with that
+client and otherwise the same cohort minus one client, the difference of
+the two sums is that one client's update. A client that contributes at
+most once per base version denies the server the second sum.
+
+The ledger is recorded *before* the masked input is sent (a crash between
+the two costs a round, never a second contribution) and persisted
+atomically (write to a temporary file, fsync, rename) with mode 0600
+beside the identity file: ``<identity>.ledger``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+__all__ = ["ContributionLedger", "LedgerError", "ledger_path_for"]
+
+_FORMAT = "secagg-ledger-v1"
+
+
+class LedgerError(Exception):
+    """The ledger file is unreadable or malformed; the message names the file."""
+
+
+def ledger_path_for(identity_path: str | Path) -> Path:
+    """``<identity>.ledger``: the ledger lives beside the identity file."""
+    p = Path(identity_path)
+    return p.with_name(p.name + ".ledger")
+
+
+Entry = tuple[str, int, int]
+
+
+class ContributionLedger:
+    """A persistent set of ``(server, task id, base version)`` contributions.
+
+    Args:
+        path: the ledger file, or None for a ledger kept in memory only
+            (it then protects the client only for the life of the process).
+
+    Raises:
+        LedgerError: the file exists but is not a ledger.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._entries: set[Entry] = set()
+        if self.path is not None and self.path.exists():
+            self._entries = self._load(self.path)
+
+    @staticmethod
+    def _load(path: Path) -> set[Entry]:
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != _FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}")
+            entries: set[Entry] = set()
+            for server, task, base in raw["entries"]:
+                if not (isinstance(server, str) and type(task) is int and type(base) is int):
+                    raise ValueError(f"bad entry {[server, task, base]!r}")
+                entries.add((server, task, base))
+            return entries
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LedgerError(f"{path} is not a secagg contribution ledger: {exc}") from exc
+
+    @staticmethod
+    def _key(server: str, task_id: int, base_version: int) -> Entry:
+        return (server.rstrip("/"), int(task_id), int(base_version))
+
+    def contains(self, server: str, task_id: int, base_version: int) -> bool:
+        """True if a masked input was recorded for this (server, task, base version)."""
+        with self._lock:
+            return self._key(server, task_id, base_version) in self._entries
+
+    def record(self, server: str, task_id: int, base_version: int) -> None:
+        """Add an entry and persist it (atomically) before returning."""
+        with self._lock:
+            self._entries.add(self._key(server, task_id, base_version))
+            if self.path is not None:
+                self._save(self.path)
+
+    def entries(self) -> frozenset[Entry]:
+        with self._lock:
+            return frozenset(self._entries)
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        data = json.dumps(
+            {"format": _FORMAT, "entries": sorted(list(e) for e in self._entries)}, indent=1
+        ).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # also if a stale .tmp had other bits
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:  # make the rename itself durable
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -26,8 +26,9 @@ import numpy as np
 
 from client_sdk.client import Client, ClientPolicy, enrol
 from client_sdk.models import FunctionModel
-from protocol import SessionConfig, simulate
+from protocol import SessionConfig
 from protocol.encoding import EvalSums
+from protocol.testing import simulate
 
 ADMIN = "bench-admin"
 

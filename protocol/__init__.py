@@ -8,7 +8,7 @@ or files, deterministically given an injected randomness source.
 from protocol._state import Round
 from protocol.client import ClientSession
 from protocol.config import GraphKind, Mode, SessionConfig
-from protocol.crypto import CIPHERSUITE, DeterministicRandom, RandomSource, SystemRandom
+from protocol.crypto import CIPHERSUITE, RandomSource, SystemRandom
 from protocol.encoding import FixedPointEncoding, from_modular, to_modular
 from protocol.errors import (
     AbortReason,
@@ -28,7 +28,6 @@ from protocol.messages import Message, MessageType, decode_message
 from protocol.params import AdversaryClass, GraphParameters, derive_parameters
 from protocol.policy import PolicyError, SessionPolicy
 from protocol.server import AggregateResult, ClientRecord, ServerSession
-from protocol.simulate import SimulationResult, make_config, simulate
 
 __all__ = [
     "CIPHERSUITE",
@@ -42,7 +41,6 @@ __all__ = [
     "ConfigError",
     "CryptoError",
     "DecodeError",
-    "DeterministicRandom",
     "FixedPointEncoding",
     "GraphKind",
     "GraphParameters",
@@ -61,12 +59,9 @@ __all__ = [
     "ServerSession",
     "SessionConfig",
     "SessionPolicy",
-    "SimulationResult",
     "SystemRandom",
     "decode_message",
     "derive_parameters",
     "from_modular",
-    "make_config",
-    "simulate",
     "to_modular",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import GraphKind, Mode, Round, SessionConfig, make_config, simulate
+from protocol import GraphKind, Mode, Round, SessionConfig
 from protocol._keys import pairwise_mask_key
 from protocol.crypto import (
     MaskExpander,
@@ -29,6 +29,7 @@ from protocol.crypto import (
 )
 from protocol.encoding import word_dtype
 from protocol.shamir import lagrange_at_zero, reconstruct_secrets, split_secrets
+from protocol.testing import make_config, simulate
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 5, number: int = 1) -> float:

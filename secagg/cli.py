@@ -14,14 +14,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from protocol import (
-    FixedPointEncoding,
-    Round,
-    RoundAborted,
-    SystemRandom,
-    make_config,
-    simulate,
-)
+from protocol import FixedPointEncoding, Round, RoundAborted, SystemRandom
+from protocol.testing import make_config, simulate
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -15,8 +15,9 @@ import itertools
 
 import pytest
 
-from protocol import Mode, RemoteProtocolError, SessionConfig, make_config
+from protocol import Mode, RemoteProtocolError, SessionConfig
 from protocol.messages import ConsistencyRequest, UnmaskRequest
+from protocol.testing import make_config
 from tests.adversarial.oracle import reconstruct
 from tests.adversarial.split import HonestRun, _signature
 

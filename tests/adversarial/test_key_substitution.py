@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import Mode, PolicyError, SessionPolicy, make_config
+from protocol import Mode, PolicyError, SessionPolicy
+from protocol.testing import make_config
 from tests.adversarial.oracle import as_modular
 from tests.adversarial.substitution import substitution_attack, target_session
 

@@ -13,11 +13,12 @@ import pytest
 
 from client_sdk.client import Client, ClientPolicy, PolicyViolation
 from client_sdk.identity import Identity
-from protocol import Mode, from_modular, make_config
+from protocol import Mode, from_modular
 from protocol.authority import sign_roster, task_scope
 from protocol.crypto import DeterministicRandom, ed25519_public_key
 from protocol.encoding import EvalSums
 from protocol.simulate import identity_secret
+from protocol.testing import make_config
 from tests.adversarial.fake_server import ENCODING, FakeServer, attach, round_context
 from tests.adversarial.oracle import reconstruct
 from tests.adversarial.substitution import SubstitutingServer, forge_config

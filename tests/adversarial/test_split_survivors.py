@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import ClientSession, Mode, PolicyError, SessionPolicy, make_config
+from protocol import ClientSession, Mode, PolicyError, SessionPolicy
 from protocol.policy import assumed_colluders
 from protocol.simulate import identity_secret
+from protocol.testing import make_config
 from tests.adversarial.oracle import as_modular
 from tests.adversarial.split import best_split, split_survivor_attack
 

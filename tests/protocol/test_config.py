@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import ConfigError, DecodeError, GraphKind, Mode, SessionConfig, make_config
+from protocol import ConfigError, DecodeError, GraphKind, Mode, SessionConfig
+from protocol.testing import make_config
 
 
 def _config(**kw: object) -> SessionConfig:

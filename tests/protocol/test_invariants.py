@@ -19,7 +19,6 @@ from protocol import (
     RemoteProtocolError,
     Round,
     decode_message,
-    make_config,
 )
 from protocol.messages import (
     AdvertisedKeys,
@@ -33,6 +32,7 @@ from protocol.messages import (
     UnmaskResponse,
 )
 from protocol.policy import SessionPolicy
+from protocol.testing import make_config
 from tests.protocol.harness import Harness, tamper
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import DecodeError, decode_message, make_config, simulate
+from protocol import DecodeError, decode_message
 from protocol.errors import AbortReason, RemoteProtocolError
 from protocol.messages import (
     Abort,
@@ -22,6 +22,7 @@ from protocol.messages import (
     UnmaskRequest,
     decode_as,
 )
+from protocol.testing import make_config, simulate
 
 SID = bytes(range(32))
 

@@ -24,7 +24,6 @@ from protocol import (
     SessionConfig,
     _cbor,
     decode_message,
-    make_config,
 )
 from protocol._keys import consistency_payload, pairwise_mask_key, self_mask_key
 from protocol.crypto import MaskExpander, X25519Secret, ed25519_sign
@@ -52,6 +51,7 @@ from protocol.policy import (
 )
 from protocol.shamir import decode_share, reconstruct_secrets
 from protocol.simulate import identity_secret
+from protocol.testing import make_config
 from tests.protocol.harness import Harness
 
 # The default rules 1-4 of §4.7. Rule 5 (certified identities) needs a pinned

@@ -16,10 +16,9 @@ from protocol import (
     RoundAborted,
     SystemRandom,
     from_modular,
-    make_config,
-    simulate,
 )
 from protocol.simulate import DROP_ROUNDS
+from protocol.testing import make_config, simulate
 
 
 def _inputs(n: int, length: int, bit_width: int, seed: int) -> list[np.ndarray]:

@@ -11,8 +11,9 @@ import pytest
 from client_sdk.client import Client, ClientPolicy, PolicyViolation, ServerUnreachable, enrol
 from client_sdk.identity import Identity, IdentityError
 from client_sdk.models import FunctionModel
-from protocol import Mode, SessionConfig, make_config
+from protocol import Mode, SessionConfig
 from protocol.encoding import FixedPointEncoding, RoundEncoding
+from protocol.testing import make_config
 from protocol.transport import session_context
 
 

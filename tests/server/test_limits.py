@@ -25,9 +25,9 @@ from sqlalchemy import func, select
 
 from client_sdk.client import enrol
 from client_sdk.identity import Identity
-from protocol import make_config
 from protocol.errors import RemoteProtocolError
 from protocol.messages import AdvertisedKeys, AdvertiseKeys
+from protocol.testing import make_config
 from protocol.transport import CBOR_MEDIA_TYPE, sign_request
 from secagg import db as dbm
 from secagg import orchestrator

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol import GraphKind, Round, make_config, simulate
+from protocol import GraphKind, Round
+from protocol.testing import make_config, simulate
 from secagg.parallel import simulate_parallel
 
 

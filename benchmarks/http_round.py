@@ -24,11 +24,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.client import Client, enrol
 from client_sdk.models import FunctionModel
-from protocol import SessionConfig
+from client_sdk.simulate import upload_roster
+from protocol import GraphKind, SessionConfig, SystemRandom
+from protocol.crypto import ed25519_public_key
 from protocol.encoding import EvalSums
-from protocol.testing import simulate
+from protocol.testing import make_config, simulate
 
 ADMIN = "bench-admin"
 
@@ -83,9 +85,11 @@ def http_round(n: int, length: int, work: Path) -> dict[str, Any]:
         ).json()["id"]
         clients = []
         rng = np.random.default_rng(0)  # model data, not secrets
+        # The default, certified path: this process also plays the task authority.
+        authority = SystemRandom().random_bytes(32)
         for i in range(n):
             token = admin.post("/v1/admin/tokens", json={}).json()["token"]
-            ident = enrol(url, token, name=f"b{i}")
+            ident = enrol(url, token, name=f"b{i}", authority_key=ed25519_public_key(authority))
             w = {"v": np.zeros(length, np.float32)}
             step = rng.uniform(-0.01, 0.01, length).astype(np.float32)
             model = FunctionModel(
@@ -106,9 +110,10 @@ def http_round(n: int, length: int, work: Path) -> dict[str, Any]:
                     train,
                     lambda m: EvalSums(0, 0, 0.0),
                     task_id=task,
-                    policy=ClientPolicy(min_participants=2),
                 )
             )
+        members = [(c.client_id, c.identity.public_key) for c in clients]
+        upload_roster(admin, task, authority, members)
         errors: list[BaseException] = []
         outcomes: list[Any] = []
 
@@ -157,13 +162,25 @@ def main() -> int:
         for n in counts:
             result = http_round(n, lengths, Path(tmp))
             config: SessionConfig = result.pop("config")
+            # The same session parameters in memory (simulation identities stand in
+            # for the enrolled ones, which only the clients hold).
+            reference = make_config(
+                config.num_participants,
+                config.vector_length,
+                bit_width=config.bit_width,
+                threshold=config.threshold,
+                graph=config.graph,
+                degree=config.degree if config.graph is GraphKind.HARARY else 0,
+                mode=config.mode,
+            )
             inputs = [np.zeros(config.vector_length, np.int64) for _ in config.participants]
             t0 = time.perf_counter()
-            simulate(config, inputs)
+            simulate(reference, inputs)
             sim = time.perf_counter() - t0
             report = {
                 "clients": n,
                 "length": lengths,
+                "mode": config.mode.value,
                 "graph": config.graph.value,
                 "degree": config.degree,
                 "threshold": config.threshold,

@@ -189,20 +189,8 @@ def _run(
         )
 
     if authority is not None:
-        now = int(time.time())
-        roster = sign_roster(
-            authority,
-            task_scope(task_id),
-            1,
-            now - 60,
-            now + 7 * 86400,
-            [(c.client_id, c.identity.public_key) for c in clients],
-        )
-        admin.put(
-            f"/v1/admin/tasks/{task_id}/roster",
-            content=roster.encode(),
-            headers={"content-type": CBOR_MEDIA_TYPE},
-        ).raise_for_status()
+        members = [(c.client_id, c.identity.public_key) for c in clients]
+        upload_roster(admin, task_id, authority, members)
 
     def participate(i: int) -> None:
         outcomes[i] = clients[i].run(stop=lambda: _done(admin, task_id), idle_timeout_s=30)
@@ -220,6 +208,30 @@ def _run(
     detail = admin.get(f"/v1/admin/tasks/{task_id}").json()
     final = clients[0]._download(detail["versions"][-1]["version"])  # verified download
     return SimulationReport(detail["rounds_detail"], final.astype(np.float32), outcomes)
+
+
+def upload_roster(
+    admin: httpx.Client,
+    task_id: int,
+    authority_secret: bytes,
+    members: Sequence[tuple[int, bytes]],
+    *,
+    days: float = 7.0,
+) -> None:
+    """Certify ``members`` (client id, identity public key) for the task and upload the roster.
+
+    For simulations and benchmarks, where one process plays the task
+    authority too; a deployment keeps the authority offline (``secagg authority``).
+    """
+    now = int(time.time())
+    roster = sign_roster(
+        authority_secret, task_scope(task_id), 1, now - 60, now + int(days * 86400), members
+    )
+    admin.put(
+        f"/v1/admin/tasks/{task_id}/roster",
+        content=roster.encode(),
+        headers={"content-type": CBOR_MEDIA_TYPE},
+    ).raise_for_status()
 
 
 def _done(admin: httpx.Client, task_id: int) -> bool:

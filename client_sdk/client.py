@@ -401,9 +401,9 @@ class Client:
             raise PolicyViolation(
                 "this client pins a task authority and takes part only in active-mode sessions"
             )
-        authority = PinnedAuthority(
-            pinned, self.roster_scope, int(time.time()), self.roster_min_serial
-        )
+        # The floor survives restarts through the ledger (a replayed older roster).
+        floor = max(self.roster_min_serial, self.ledger.roster_floor(pinned, self.roster_scope))
+        authority = PinnedAuthority(pinned, self.roster_scope, int(time.time()), floor)
         if not isinstance(relayed, str) or not relayed:
             raise PolicyViolation(
                 "the server relayed no roster of the pinned task authority for an active session"
@@ -415,7 +415,8 @@ class Client:
             raise PolicyViolation(f"the relayed roster is not hex: {exc}") from exc
         except CertificationError as exc:
             raise PolicyViolation(f"the session's participants are not certified: {exc}") from exc
-        self.roster_min_serial = max(self.roster_min_serial, roster.serial)
+        self.roster_min_serial = max(floor, roster.serial)
+        self.ledger.raise_roster_floor(pinned, self.roster_scope, roster.serial)
         return roster, authority
 
     @property

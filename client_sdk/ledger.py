@@ -7,6 +7,11 @@ client and otherwise the same cohort minus one client, the difference of
 the two sums is that one client's update. A client that contributes at
 most once per base version denies the server the second sum.
 
+It also keeps, per task authority and roster scope, the highest roster
+serial the client accepted, so that a restarted client still refuses an
+older roster (a server replaying one from before a key was replaced;
+``specs/authority-v1.md``).
+
 The ledger is recorded *before* the masked input is sent (a crash between
 the two costs a round, never a second contribution) and persisted
 atomically (write to a temporary file, fsync, rename) with mode 0600
@@ -53,11 +58,12 @@ class ContributionLedger:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._entries: set[Entry] = set()
+        self._roster_serials: dict[str, int] = {}
         if self.path is not None and self.path.exists():
-            self._entries = self._load(self.path)
+            self._entries, self._roster_serials = self._load(self.path)
 
     @staticmethod
-    def _load(path: Path) -> set[Entry]:
+    def _load(path: Path) -> tuple[set[Entry], dict[str, int]]:
         try:
             raw = json.loads(path.read_text())
             if raw.get("format") != _FORMAT:
@@ -67,7 +73,12 @@ class ContributionLedger:
                 if not (isinstance(server, str) and type(task) is int and type(base) is int):
                     raise ValueError(f"bad entry {[server, task, base]!r}")
                 entries.add((server, task, base))
-            return entries
+            serials = raw.get("roster_serials", {})  # absent in older ledgers
+            if not isinstance(serials, dict) or not all(
+                isinstance(k, str) and type(v) is int and v >= 0 for k, v in serials.items()
+            ):
+                raise ValueError("bad roster_serials")
+            return entries, dict(serials)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerError(f"{path} is not a secagg contribution ledger: {exc}") from exc
 
@@ -87,6 +98,25 @@ class ContributionLedger:
             if self.path is not None:
                 self._save(self.path)
 
+    @staticmethod
+    def _roster_key(authority_key: bytes, scope: str) -> str:
+        return f"{authority_key.hex()}/{scope}"
+
+    def roster_floor(self, authority_key: bytes, scope: str) -> int:
+        """The highest roster serial accepted for this authority and scope (0: none)."""
+        with self._lock:
+            return self._roster_serials.get(self._roster_key(authority_key, scope), 0)
+
+    def raise_roster_floor(self, authority_key: bytes, scope: str, serial: int) -> None:
+        """Remember ``serial`` as accepted (persisted before returning); never lowers it."""
+        key = self._roster_key(authority_key, scope)
+        with self._lock:
+            if serial <= self._roster_serials.get(key, 0):
+                return
+            self._roster_serials[key] = int(serial)
+            if self.path is not None:
+                self._save(self.path)
+
     def entries(self) -> frozenset[Entry]:
         with self._lock:
             return frozenset(self._entries)
@@ -95,7 +125,12 @@ class ContributionLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         data = json.dumps(
-            {"format": _FORMAT, "entries": sorted(list(e) for e in self._entries)}, indent=1
+            {
+                "format": _FORMAT,
+                "entries": sorted(list(e) for e in self._entries),
+                "roster_serials": dict(sorted(self._roster_serials.items())),
+            },
+            indent=1,
         ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:

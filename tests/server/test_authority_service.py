@@ -20,6 +20,7 @@ import pytest
 
 from client_sdk.client import Client, ClientError, ClientPolicy, PolicyViolation, enrol
 from client_sdk.identity import Identity, IdentityError, parse_authority_key
+from client_sdk.ledger import ContributionLedger
 from client_sdk.models import FunctionModel
 from protocol.authority import (
     CertificationError,
@@ -250,7 +251,7 @@ def test_cli_enrol_pins_the_authority_key(
     assert "authority key" in capsys.readouterr().err
 
 
-def test_a_pinned_client_refuses_a_roster_older_than_one_it_accepted() -> None:
+def test_a_pinned_client_refuses_a_roster_older_than_one_it_accepted(tmp_path: Path) -> None:
     """Rollback: after serial 5 the server relays serial 4 (e.g. before a key was replaced)."""
     secret = authority_secret("root")
     ident = (
@@ -266,7 +267,9 @@ def test_a_pinned_client_refuses_a_roster_older_than_one_it_accepted() -> None:
         entries = list(zip((1, 2, 3), keys, strict=True))
         return sign_roster(secret, "task/1", serial, now - 60, now + 600, entries).encode().hex()
 
-    client = Client("http://127.0.0.1:9", ident, [np.zeros(3, np.float32)], lambda m: 1, task_id=1)
+    ledger = ContributionLedger(tmp_path / "client.key.ledger")
+    model = [np.zeros(3, np.float32)]
+    client = Client("http://127.0.0.1:9", ident, model, lambda m: 1, task_id=1, ledger=ledger)
     try:
         assert client._check_roster(config, roster(5))[0] is not None
         assert client.roster_min_serial == 5
@@ -275,6 +278,23 @@ def test_a_pinned_client_refuses_a_roster_older_than_one_it_accepted() -> None:
             client._check_roster(config, roster(4))
     finally:
         client.close()
+    # A restarted client (a new process reading its ledger) still refuses serial 4.
+    restarted = Client(
+        "http://127.0.0.1:9",
+        ident,
+        [np.zeros(3, np.float32)],
+        lambda m: 1,
+        task_id=1,
+        ledger=ContributionLedger(tmp_path / "client.key.ledger"),
+    )
+    try:
+        with pytest.raises(PolicyViolation, match="stale_serial"):
+            restarted._check_roster(config, roster(4))
+        assert restarted._check_roster(config, roster(6))[0] is not None
+    finally:
+        restarted.close()
+    # Another authority's rosters have a floor of their own.
+    assert ContributionLedger(tmp_path / "client.key.ledger").roster_floor(bytes(32), "task/1") == 0
 
 
 def test_roster_upload_is_typed_and_admin_only(server: str) -> None:

@@ -3,7 +3,9 @@
 ``--crash-round R --crash-stage S`` makes the process SIGKILL itself at that
 stage of that round (a real crash, not a polite exit; ``--crash-first``: of
 the first round the client is selected for); ``--slow-round R``
-makes training in round R take 4 seconds.
+makes training in round R take 4 seconds, or, with ``--slow-until FILE``,
+last until FILE exists (a liveness signal from the test, so a busy machine
+cannot make the round end before the test is ready).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> int:
     p.add_argument("--crash-stage", default="R2")
     p.add_argument("--crash-first", action="store_true")
     p.add_argument("--slow-round", type=int, default=0)
+    p.add_argument("--slow-until", default="")
     a = p.parse_args()
     verify: bool | str = a.ca or True
     ident = enrol(a.server, a.token, name=f"proc-{a.index}", verify=verify)
@@ -42,7 +45,12 @@ def main() -> int:
 
     def train(_: object) -> int:
         if state["round"] == a.slow_round:
-            time.sleep(4)
+            if a.slow_until:
+                give_up = time.monotonic() + 300
+                while not os.path.exists(a.slow_until) and time.monotonic() < give_up:
+                    time.sleep(0.05)
+            else:
+                time.sleep(4)
         state["w"] = state["w"] + step  # type: ignore[operator]
         return 10
 

@@ -200,8 +200,13 @@ def test_server_killed_mid_round_restarts_with_registry_intact(tmp_path: Path) -
         # so the task completes with round 3. Three clients that lowered their
         # floor (proc_client's ClientPolicy); no dropouts.
         task = s.task(rounds=2, min_participants=3, dropout_rate=0.0)
-        # Training in round 2 is slow, so round 2 is surely running when the server dies.
-        procs = [s.client(task, i, 3, "--slow-round", "2") for i in range(3)]
+        # Training in round 2 lasts until the restarted server is up, so round 2 is
+        # surely running when the server dies and nobody posts while it is down.
+        resume = tmp_path / "server-restarted"
+        procs = [
+            s.client(task, i, 3, "--slow-round", "2", "--slow-until", str(resume))
+            for i in range(3)
+        ]
         _wait(
             lambda: any(
                 r["number"] == 2 and r["status"] == "running"
@@ -219,6 +224,7 @@ def test_server_killed_mid_round_restarts_with_registry_intact(tmp_path: Path) -
         with pytest.raises(ServerUnreachable):
             enrol(s.url, "sa1_whatever", verify=s.ca)
         s.start()
+        resume.touch()
         _wait(lambda: s.detail(task)["status"] == "completed", 120, "the task to finish")
         detail = s.detail(task)
         rounds = {r["number"]: r for r in detail["rounds_detail"]}

@@ -12,7 +12,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from client_sdk.client import ClientPolicy
+from client_sdk.client import ClientPolicy, enrol
+from client_sdk.identity import Identity
+from client_sdk.simulate import upload_roster
+from protocol import SystemRandom
+from protocol.crypto import ed25519_public_key
 from secagg.app import create_app
 from secagg.settings import Settings
 
@@ -46,6 +50,23 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+class TaskAuthority:
+    """A task authority played by the test (a deployment keeps it offline):
+    identities enrolled through it pin its key; ``certify`` uploads its roster."""
+
+    def __init__(self) -> None:
+        self.secret = SystemRandom().random_bytes(32)
+        self.public_key = ed25519_public_key(self.secret)
+
+    def enrol(self, url: str, name: str) -> Identity:
+        return enrol(url, new_token(url), name=name, authority_key=self.public_key)
+
+    def certify(self, url: str, task_id: int, identities: list[Identity]) -> None:
+        members = [(i.client_id, i.public_key) for i in identities if i.client_id is not None]
+        with admin(url) as c:
+            upload_roster(c, task_id, self.secret, members)
 
 
 def uncertified_policy() -> ClientPolicy:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client_sdk.client import Client, ClientPolicy, enrol
+from client_sdk.client import Client, ClientPolicy
 from client_sdk.models import FunctionModel
 from protocol import Round
 from protocol.encoding import EvalSums
-from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
+from tests.server.helpers import TaskAuthority, admin, running_server, wait_rounds_finished
 
 SCALE = 2.0**10
 
@@ -59,8 +59,9 @@ def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path, db_url: str) -> Non
             assert r.status_code == 200, r.text
             task_id = r.json()["id"]
         boxes, clients = [], []
+        authority = TaskAuthority()  # the default path: certified identities
         for i in range(n):
-            ident = enrol(url, new_token(url), name=f"c{i}")
+            ident = authority.enrol(url, f"c{i}")
             # Steps are multiples of 1/scale: quantisation is exact.
             box = Box(np.full(length, (i + 1) / SCALE, np.float32), examples=10 * (i + 1))
             boxes.append(box)
@@ -78,11 +79,12 @@ def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path, db_url: str) -> Non
                     box.train,
                     lambda m: EvalSums(1, 2, 0.5),
                     task_id=task_id,
-                    # Not about certified identities: no task authority (opt-out).
-                    policy=ClientPolicy(min_participants=3, require_certified_identities=False),
+                    # The default policy but for the floor: 4 survivors of 5 must do.
+                    policy=ClientPolicy(min_participants=3),
                     fault=fault,
                 )
             )
+        authority.certify(url, task_id, [c.identity for c in clients])
         outcomes: dict[int, list[str]] = {}
         threads = [
             threading.Thread(

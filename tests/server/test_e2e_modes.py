@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client_sdk.client import Client, ClientPolicy, RequestRefused, enrol
+from client_sdk.client import Client, ClientPolicy, RequestRefused
 from client_sdk.models import FunctionModel
 from protocol import Round
 from protocol.encoding import EvalSums
-from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
+from tests.server.helpers import TaskAuthority, admin, running_server, wait_rounds_finished
 
 
 def _clients(url: str, task: int, n: int, fault_for: dict[int, object]) -> list[Client]:
+    """``n`` clients on the default, certified path (a test-played task authority)."""
+    authority = TaskAuthority()
     out = []
     for i in range(n):
-        ident = enrol(url, new_token(url), name=f"c{i}")
+        ident = authority.enrol(url, f"c{i}")
         store = {"w": np.zeros(8, np.float32)}
         model = FunctionModel(
             lambda s=store: s["w"].copy(),
@@ -38,11 +40,12 @@ def _clients(url: str, task: int, n: int, fault_for: dict[int, object]) -> list[
                 train,
                 lambda m: EvalSums(1, 1, 0.0),
                 task_id=task,
-                # Not about certified identities: no task authority (opt-out).
-                policy=ClientPolicy(min_participants=3, require_certified_identities=False),
+                # The default policy but for the floor (a drop leaves 5 of 6; 4 clients).
+                policy=ClientPolicy(min_participants=3),
                 fault=fault_for.get(i),
             )
         )  # type: ignore[arg-type]
+    authority.certify(url, task, [c.identity for c in out])
     return out
 
 

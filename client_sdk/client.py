@@ -368,12 +368,41 @@ class Client:
         self._request("POST", f"/v1/rounds/{round_id}/messages", data, CBOR_MEDIA_TYPE)
 
     def _download(self, version: int) -> npt.NDArray[np.float64]:
+        """Model ``version`` of the task, checked before use (cached for the next round).
+
+        ``x-secagg-sha256`` covers the exact body bytes and is checked before
+        the file is parsed; ``x-secagg-weights-sha256`` covers the raw
+        little-endian float32 values (the registry's content hash) and is
+        checked on what was parsed. ``x-secagg-version`` must name ``version``.
+        """
         if self._cache is None or self._cache[0] != version:
             response = self._request("GET", f"/v1/tasks/{self.task_id}/models/{version}")
-            raw = np.load(io.BytesIO(response.content), allow_pickle=False)
-            digest = hashlib.sha256(np.ascontiguousarray(raw, dtype="<f4").tobytes()).hexdigest()
-            if digest != response.headers.get("x-secagg-sha256"):
-                raise ClientError(f"model version {version} failed its integrity check")
+            body = response.content
+            if hashlib.sha256(body).hexdigest() != response.headers.get("x-secagg-sha256"):
+                raise ClientError(
+                    f"model version {version} failed its integrity check: the body does not "
+                    "hash to x-secagg-sha256"
+                )
+            if response.headers.get("x-secagg-version") != str(version):
+                raise ClientError(
+                    f"asked for model version {version}, the server sent version "
+                    f"{response.headers.get('x-secagg-version')!r}"
+                )
+            try:
+                raw = np.load(io.BytesIO(body), allow_pickle=False)
+            except ValueError as exc:
+                raise ClientError(f"model version {version} is not an .npy file: {exc}") from exc
+            if raw.dtype != np.dtype("<f4") or raw.ndim != 1:
+                raise ClientError(
+                    f"model version {version} is not a 1-D little-endian float32 vector "
+                    f"(dtype {raw.dtype}, shape {raw.shape})"
+                )
+            digest = hashlib.sha256(raw.tobytes()).hexdigest()
+            if digest != response.headers.get("x-secagg-weights-sha256"):
+                raise ClientError(
+                    f"model version {version} failed its integrity check: the weights do not "
+                    "hash to x-secagg-weights-sha256"
+                )
             self._cache = (version, raw.astype(np.float32))
         return self._cache[1].astype(np.float64)
 

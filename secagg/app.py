@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
@@ -33,6 +33,7 @@ from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.policy import DEFAULT_MIN_PARTICIPANTS, SessionPolicy
 from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
+from secagg import downloads
 from secagg import metrics as prom
 from secagg.auth import (
     AuthError,
@@ -68,7 +69,7 @@ class Coordinator:
 
     def __init__(self, settings: Settings, db: dbm.Database) -> None:
         self.settings, self.db = settings, db
-        self.registry = ModelRegistry(db)
+        self.registry = ModelRegistry(db, cache_bytes=settings.model_cache_bytes)
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
@@ -355,6 +356,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
 
+    @app.exception_handler(downloads.DownloadRefused)
+    async def _download_refused(_: Request, exc: downloads.DownloadRefused) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.detail)
+
     @app.exception_handler(BodyTimeout)
     async def _body_timeout(_: Request, exc: BodyTimeout) -> JSONResponse:
         return _error(408, "body_timeout", str(exc.detail))
@@ -614,25 +619,14 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         coord.event("quarantine_lifted", {"task_id": task_id, "client": client_id, "by": "admin"})
         return entry
 
-    def weights_response(task_id: int, version: str) -> Response:
-        """A stored version (or ``current``) as a .npy file with its content hash."""
-        v = None if version == "current" else _int(version, "version")
-        info = _registry_call(coord.registry.get, task_id, v)
-        data = _registry_call(coord.registry.download, task_id, info.version)
-        return Response(
-            content=data,
-            media_type="application/octet-stream",
-            headers={
-                "x-secagg-version": str(info.version),
-                "x-secagg-sha256": info.sha256,
-                "content-disposition": f'attachment; filename="task{task_id}-v{info.version}.npy"',
-            },
-        )
-
-    @app.get("/v1/admin/tasks/{task_id}/versions/{version}/weights")
-    async def admin_download(task_id: Id, version: str, _: Admin) -> Response:
-        """Any stored version (or ``current``) for the model owner."""
-        return weights_response(task_id, version)
+    @app.get(
+        "/v1/admin/tasks/{task_id}/versions/{ref}/weights",
+        response_class=StreamingResponse,
+        responses=downloads.RESPONSES,
+    )
+    async def admin_download(task_id: Id, ref: str, _: Admin) -> StreamingResponse:
+        """Any stored version (``ref``: a number, ``current`` or a tag) for the model owner."""
+        return await downloads.download_response(coord.registry, task_id, ref)
 
     @app.post("/v1/admin/tasks/{task_id}/versions/{version}/promote")
     async def promote(task_id: Id, version: Version, _: Admin) -> dict[str, Any]:
@@ -648,9 +642,13 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
 
     # -- clients -----------------------------------------------------------------
 
-    @app.get("/v1/tasks/{task_id}/models/{version}")
-    async def download(task_id: Id, version: str, cid: Client) -> Response:
-        """The global model a client trains from (a version number or ``current``).
+    @app.get(
+        "/v1/tasks/{task_id}/models/{ref}",
+        response_class=StreamingResponse,
+        responses=downloads.RESPONSES,
+    )
+    async def download(task_id: Id, ref: str, cid: Client) -> StreamingResponse:
+        """The global model a client trains from (``ref``: a number, ``current`` or a tag).
 
         Only for clients that have been assigned a round of the task.
         """
@@ -658,7 +656,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             raise ApiError(
                 403, "not_eligible", f"client {cid} has not been assigned a round of task {task_id}"
             )
-        return weights_response(task_id, version)
+        return await downloads.download_response(coord.registry, task_id, ref)
 
     @app.post(
         "/v1/tasks/{task_id}/checkin",
@@ -717,17 +715,6 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         return Response(content=data, media_type=CBOR_MEDIA_TYPE)
 
     return app
-
-
-def _int(text: str, what: str) -> int:
-    """A path integer in [1, MAX_VERSION]: plain decimal digits, range-checked before use."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not (
-        1 <= int(text) <= MAX_VERSION
-    ):
-        raise ApiError(
-            400, f"bad_{what}", f"{what} must be an integer in [1, {MAX_VERSION}] or 'current'"
-        )
-    return int(text)
 
 
 def _registry_call(fn: Any, *args: Any) -> Any:

@@ -18,6 +18,15 @@ Rules this module keeps:
 3. Weights are checked against their hash on every read; a mismatch raises
    ``IntegrityError`` instead of handing out a corrupted model.
 4. Nothing is ever deleted: rollback moves the pointer, the versions stay.
+5. A tag names at most one version of a task: tagging a version moves the
+   tag there. Tags are never ``current`` nor all digits, so a reference
+   (``current``, a version number or a tag) is never ambiguous.
+
+Downloads are served from an in-memory, byte-bounded LRU cache of each
+version's encoded ``.npy`` file (:class:`EncodedModel`: the ``.npy`` header
+plus the stored bytes themselves, no copy), filled on first use and checked
+against the content hash once when it is filled. Versions are immutable, so
+an entry never goes stale; the bound (``cache_bytes``) only limits memory.
 
 Every method takes an optional ``session``: pass the caller's session to make
 the registry change part of a larger transaction (e.g. "store the new version
@@ -31,9 +40,11 @@ import hashlib
 import io
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +56,10 @@ from sqlalchemy.orm import Session
 from secagg.db import Database, ModelVersion, Task, TaskPointer, utcnow
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
     "WEIGHTS_DTYPE",
+    "EncodedModel",
+    "EncodedModelCache",
     "IntegrityError",
     "ModelRegistry",
     "RegistryError",
@@ -60,6 +74,11 @@ WEIGHTS_DTYPE = np.dtype("<f4")
 
 MAX_TAG_CHARS = 64
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+CURRENT = "current"
+"""The reference that names a task's current version."""
+
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+"""Default bound of the encoded-model cache (a few versions of a 10^7-weight model)."""
 
 
 class RegistryError(Exception):
@@ -164,12 +183,152 @@ def _normalise_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     return normalised
 
 
+def tag_syntax_ok(text: str) -> bool:
+    """Whether ``text`` is spelled like a tag (1..64 of ``[A-Za-z0-9._-]``, first alphanumeric)."""
+    return isinstance(text, str) and len(text) <= MAX_TAG_CHARS and bool(_TAG.fullmatch(text))
+
+
 def _check_tag(tag: str) -> None:
-    if not isinstance(tag, str) or len(tag) > MAX_TAG_CHARS or not _TAG.fullmatch(tag):
+    if not tag_syntax_ok(tag):
         raise RegistryError(
             f"invalid tag {tag!r}: use 1..{MAX_TAG_CHARS} characters from A-Z a-z 0-9 . _ -,"
             " starting with a letter or digit"
         )
+    if tag == CURRENT or tag.isdigit():
+        # A download names a version by number, by tag or as "current": a tag
+        # that looked like either would be ambiguous.
+        raise RegistryError(
+            f"invalid tag {tag!r}: a tag may not be {CURRENT!r} nor all digits "
+            "(those name versions)"
+        )
+
+
+def npy_header(length: int) -> bytes:
+    """The ``.npy`` (format 1.0) header of a 1-D little-endian float32 vector of ``length``.
+
+    ``npy_header(n) + raw`` is byte for byte what ``np.save`` writes for that vector.
+    """
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": WEIGHTS_DTYPE.str, "fortran_order": False, "shape": (length,)}
+    )
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedModel:
+    """A version's ``.npy`` file as it is sent: ``header + raw``, never concatenated.
+
+    Attributes:
+        task_id, version: which version.
+        header: the ``.npy`` header (:func:`npy_header`).
+        raw: the stored float32 little-endian weight bytes (shared, not copied).
+        body_sha256: hex SHA-256 of the whole file, ``header + raw`` (what is sent).
+        weights_sha256: hex SHA-256 of ``raw``, the registry's content hash.
+    """
+
+    task_id: int
+    version: int
+    header: bytes
+    raw: bytes
+    body_sha256: str
+    weights_sha256: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the ``.npy`` file."""
+        return len(self.header) + len(self.raw)
+
+    def chunks(self, chunk_bytes: int = 1 << 20) -> Iterator[memoryview | bytes]:
+        """The file in pieces of at most ``chunk_bytes``: views of ``raw``, no copies."""
+        yield self.header
+        view = memoryview(self.raw)
+        for start in range(0, len(view), chunk_bytes):
+            yield view[start : start + chunk_bytes]
+
+    def weights(self) -> npt.NDArray[np.float32]:
+        """The weights as a read-only float32 view of ``raw`` (no copy)."""
+        return np.frombuffer(self.raw, dtype=WEIGHTS_DTYPE)
+
+    def to_bytes(self) -> bytes:
+        """The whole ``.npy`` file in one ``bytes`` (a copy: for small models and tests)."""
+        return self.header + self.raw
+
+    @classmethod
+    def build(cls, task_id: int, version: int, raw: bytes) -> EncodedModel:
+        """Encode stored bytes (their length must be a multiple of 4) as an ``.npy`` file."""
+        header = npy_header(len(raw) // WEIGHTS_DTYPE.itemsize)
+        body = hashlib.sha256(header)
+        body.update(raw)
+        return cls(task_id, version, header, raw, body.hexdigest(), content_hash(raw))
+
+
+@dataclass
+class EncodedModelCache:
+    """Byte-bounded LRU of :class:`EncodedModel` by (task, version); thread-safe.
+
+    Loads are single-flight per key: concurrent first requests for one version
+    read the database once, the others wait and share the result. An entry
+    larger than the bound is returned but not kept. ``max_bytes = 0`` keeps
+    nothing (every download reads the database).
+    """
+
+    max_bytes: int = DEFAULT_CACHE_BYTES
+    _entries: OrderedDict[tuple[int, int], EncodedModel] = field(default_factory=OrderedDict)
+    _bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loading: dict[tuple[int, int], threading.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0:
+            raise ValueError(f"cache bound must be >= 0 bytes, got {self.max_bytes}")
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    def keys(self) -> list[tuple[int, int]]:
+        """Cached (task, version) keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def _lookup(self, key: tuple[int, int]) -> EncodedModel | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def get_or_load(self, key: tuple[int, int], load: Callable[[], EncodedModel]) -> EncodedModel:
+        """The cached entry for ``key``, else ``load()``'s (kept if it fits)."""
+        entry = self._lookup(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            try:
+                entry = self._lookup(key)  # loaded while this thread waited
+                if entry is not None:
+                    return entry
+                entry = load()
+                self._put(key, entry)
+                return entry
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+
+    def _put(self, key: tuple[int, int], entry: EncodedModel) -> None:
+        if entry.size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            while self._entries and self._bytes + entry.size > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
+            self._entries[key] = entry
+            self._bytes += entry.size
 
 
 class ModelRegistry:
@@ -180,9 +339,16 @@ class ModelRegistry:
         clock: returns "now" as an aware UTC datetime (injectable for tests).
     """
 
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self.cache = EncodedModelCache(cache_bytes)
 
     # ------------------------------------------------------------------ writes
 
@@ -260,17 +426,20 @@ class ModelRegistry:
     def tag(
         self, task_id: int, version: int, tag: str, *, session: Session | None = None
     ) -> VersionInfo:
-        """Add ``tag`` to a version (no-op if it has it already).
+        """Put ``tag`` on a version, moving it from any other version of the task.
 
         Raises:
             TaskNotFound, VersionNotFound: no such task or version.
             RegistryError: the tag is not 1..64 characters of ``[A-Za-z0-9._-]``
-                starting with a letter or digit.
+                starting with a letter or digit, or is ``current`` or all digits.
         """
         _check_tag(tag)
         with self._transaction(session) as s:
             self._lock_task(s, task_id)
             row = self._row(s, task_id, version)
+            for other in self._tagged(s, task_id, tag):
+                if other.version != version:
+                    other.tags = [t for t in other.tags if t != tag]
             if tag not in row.tags:
                 row.tags = sorted({*row.tags, tag})  # a new list: JSON is not mutation-tracked
             return self._info(row, current=self._current(s, task_id))
@@ -346,6 +515,48 @@ class ModelRegistry:
                 version = current
             return self._info(self._row(s, task_id, version), current=current)
 
+    def resolve(
+        self, task_id: int, ref: int | str | None, *, session: Session | None = None
+    ) -> VersionInfo:
+        """The version a reference names: ``None`` (or ``"current"``) the current
+        version, an ``int`` that version, any other ``str`` the version carrying that tag.
+
+        Raises:
+            TaskNotFound: no such task.
+            VersionNotFound: no such version, no version yet, or no version has the tag.
+        """
+        if ref is None or ref == CURRENT:
+            return self.get(task_id, None, session=session)
+        if isinstance(ref, int):
+            return self.get(task_id, ref, session=session)
+        with self._transaction(session) as s:
+            tagged = self._tagged(s, task_id, ref)
+            if not tagged:
+                self._require_task(s, task_id)
+                raise VersionNotFound(f"task {task_id} has no version tagged {ref!r}")
+            # One version by rule 5; the newest should older data hold several.
+            row = max(tagged, key=lambda r: r.version)
+            return self._info(row, current=self._current(s, task_id))
+
+    def encoded(self, task_id: int, version: int) -> EncodedModel:
+        """A version's ``.npy`` file from the cache, read and checked on first use.
+
+        Raises:
+            The same as ``weights``.
+        """
+        return self.cache.get_or_load(
+            (task_id, version),
+            lambda: EncodedModel.build(task_id, version, self._raw(task_id, version)),
+        )
+
+    def weights_view(self, task_id: int, version: int) -> npt.NDArray[np.float32]:
+        """A version's weights as a read-only view of its cached encoded file (no copy).
+
+        Raises:
+            The same as ``weights``.
+        """
+        return self.encoded(task_id, version).weights()
+
     def list_versions(self, task_id: int, *, session: Session | None = None) -> list[VersionInfo]:
         """Every version of a task, oldest first (empty if none yet).
 
@@ -375,6 +586,11 @@ class ModelRegistry:
             IntegrityError: the stored bytes do not hash to the recorded
                 SHA-256 or do not form a vector of the task's length.
         """
+        raw = self._raw(task_id, version, session=session)
+        return np.frombuffer(raw, dtype=WEIGHTS_DTYPE).astype(np.float32, copy=True)
+
+    def _raw(self, task_id: int, version: int | None, *, session: Session | None = None) -> bytes:
+        """A version's stored bytes, checked against its hash and the task's length."""
         with self._transaction(session) as s:
             if version is None:
                 version = self._require_current(s, task_id)
@@ -385,7 +601,10 @@ class ModelRegistry:
             ).one_or_none()
             if found is None:
                 raise self._missing(s, task_id, version)
-            raw, recorded, vector_length = bytes(found[0]), str(found[1]), int(found[2])
+            stored, recorded, vector_length = found[0], str(found[1]), int(found[2])
+            # bytes() of bytes is the same object; a memoryview (some drivers) is copied once.
+            raw = stored if isinstance(stored, bytes) else bytes(stored)
+            del found, stored
         actual = content_hash(raw)
         if actual != recorded:
             raise IntegrityError(
@@ -397,7 +616,7 @@ class ModelRegistry:
                 f"version {version} of task {task_id} has {len(raw)} bytes of weights, "
                 f"expected {vector_length} float32 values"
             )
-        return np.frombuffer(raw, dtype=WEIGHTS_DTYPE).astype(np.float32, copy=True)
+        return raw
 
     def download(
         self, task_id: int, version: int | None = None, *, session: Session | None = None
@@ -407,9 +626,9 @@ class ModelRegistry:
         Raises:
             The same as ``weights``.
         """
-        buffer = io.BytesIO()
-        np.save(buffer, self.weights(task_id, version, session=session), allow_pickle=False)
-        return buffer.getvalue()
+        if version is None:
+            version = self.get(task_id, session=session).version
+        return self.encoded(task_id, version).to_bytes()
 
     # ------------------------------------------------------------------ internals
 
@@ -441,6 +660,13 @@ class ModelRegistry:
         if task is None:
             raise TaskNotFound(f"task {task_id} does not exist")
         return task
+
+    @staticmethod
+    def _tagged(s: Session, task_id: int, tag: str) -> list[ModelVersion]:
+        # Tags are a JSON list per row; a task has few versions next to its
+        # rounds, so the rows are filtered here (weights stay deferred, unread).
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.task_id == task_id))
+        return [row for row in rows if tag in row.tags]
 
     @staticmethod
     def _max_version(s: Session, task_id: int) -> int | None:

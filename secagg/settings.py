@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
+    model_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="bound of the in-memory cache of encoded model files that downloads "
+        "are streamed from (least recently used versions are dropped first; a version "
+        "larger than the bound is served from the database each time; 0 disables it)",
+    )
     log_level: str = "info"
     log_json: bool = True
 

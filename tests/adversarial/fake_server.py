@@ -11,8 +11,6 @@ or assert that nothing left the client at all.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import numpy.typing as npt
 from protocol import SessionConfig
 from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.transport import session_context
+from tests.model_file import npy_response
 
 TASK_ID, ROUND_ID, ROUND_NUMBER, BASE_VERSION = 1, 1, 1, 1
 ENCODING = RoundEncoding(FixedPointEncoding(clip=1.0, scale=float(1 << 12), max_weight=10_000))
@@ -76,10 +75,7 @@ class FakeServer:
                 return httpx.Response(404, json={"error": "unknown_task", "detail": "done"})
             return httpx.Response(200, json=self.assignment())
         if path == f"/v1/tasks/{TASK_ID}/models/{BASE_VERSION}":
-            buf = io.BytesIO()
-            np.save(buf, self.model, allow_pickle=False)
-            digest = hashlib.sha256(self.model.astype("<f4").tobytes()).hexdigest()
-            return httpx.Response(200, content=buf.getvalue(), headers={"x-secagg-sha256": digest})
+            return npy_response(self.model, BASE_VERSION)
         if request.method == "POST" and path == f"/v1/rounds/{ROUND_ID}/messages":
             body = request.read()
             self.posted.append(body)

@@ -8,8 +8,6 @@ the client runs its real code path and every request it makes is recorded.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import logging
 import stat
@@ -31,6 +29,7 @@ from protocol.policy import SessionPolicy
 from protocol.simulate import identity_secret
 from protocol.testing import make_config, simulate
 from protocol.transport import session_context
+from tests.model_file import npy_response
 
 URL = "http://secagg.test"
 TASK = 1
@@ -121,11 +120,7 @@ class FakeServer:
         if path == f"/v1/tasks/{TASK}/checkin":
             return httpx.Response(200, json=self.assignment())
         if path.startswith(f"/v1/tasks/{TASK}/models/"):
-            w = np.zeros(4, np.float32)
-            buf = io.BytesIO()
-            np.save(buf, w)
-            digest = hashlib.sha256(w.astype("<f4").tobytes()).hexdigest()
-            return httpx.Response(200, content=buf.getvalue(), headers={"x-secagg-sha256": digest})
+            return npy_response(np.zeros(4, np.float32), int(path.rsplit("/", 1)[1]))
         if path.endswith("/messages") and request.method == "POST":
             self._on_client_message(request.content)
             return httpx.Response(202)

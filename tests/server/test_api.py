@@ -295,10 +295,12 @@ def test_registry_promote_rollback_and_tags_over_the_api(server: str) -> None:
 
         weights = np.load(io.BytesIO(r.content))
         assert weights.shape == (8,)
+        assert hashlib.sha256(r.content).hexdigest() == r.headers["x-secagg-sha256"]
         digest = hashlib.sha256(weights.astype("<f4").tobytes()).hexdigest()
-        assert digest == r.headers["x-secagg-sha256"]
+        assert digest == r.headers["x-secagg-weights-sha256"]
         _err(c.get(f"/v1/admin/tasks/{task}/versions/7/weights"), 404, "not_found")
-        _err(c.get(f"/v1/admin/tasks/{task}/versions/x/weights"), 400, "bad_version")
+        _err(c.get(f"/v1/admin/tasks/{task}/versions/x/weights"), 404, "not_found")
+        _err(c.get(f"/v1/admin/tasks/{task}/versions/-x/weights"), 400, "bad_ref")
 
 
 def test_token_lifetimes_below_a_second_are_refused(server: str) -> None:

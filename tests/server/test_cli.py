@@ -53,7 +53,7 @@ def test_openapi_document_lists_every_route(tmp_path: Path) -> None:
         "/v1/tasks/{task_id}/checkin",
         "/v1/rounds/{round_id}/messages",
         "/v1/rounds/{round_id}/messages/{seq}",
-        "/v1/tasks/{task_id}/models/{version}",
+        "/v1/tasks/{task_id}/models/{ref}",
         "/metrics",
         "/healthz",
     ):

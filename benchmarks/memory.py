@@ -69,6 +69,33 @@ def _wait_quiet(pid: int, seconds: float = 1.0, tolerance_kib: int = 1024) -> in
     return last
 
 
+class _Sampler:
+    """VmRSS every ``interval`` seconds in a background thread (a timeline, for diagnosis)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.perf_counter()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                rss = _status_kib(self.pid, "VmRSS")
+            except (OSError, KeyError):
+                return
+            self.samples.append((round(time.perf_counter() - self._t0, 2), rss // 1024))
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _threads(targets: list[Callable[[], None]]) -> list[BaseException]:
     errors: list[BaseException] = []
 
@@ -172,26 +199,37 @@ def measure(length: int, n: int, work: Path, database_url: str | None) -> dict[s
 
         # Phase 1: one whole round, from check-in to the stored new version.
         _reset_peak(pid)
+        phase_start = _status_kib(pid, "VmRSS")
         outcomes: list[Any] = []
         t0 = time.perf_counter()
-        errors = _threads([lambda c=c: outcomes.extend(c.run(rounds=1)) for c in clients])
-        while True:
-            detail = admin.get(f"/v1/admin/tasks/{task}").json()
-            rounds = detail["rounds_detail"]
-            if rounds and rounds[0]["status"] != "running":
-                break
-            time.sleep(0.05)
+        with _Sampler(pid) as sampler:
+            errors = _threads([lambda c=c: outcomes.extend(c.run(rounds=1)) for c in clients])
+            while True:
+                detail = admin.get(f"/v1/admin/tasks/{task}").json()
+                rounds = detail["rounds_detail"]
+                if rounds and rounds[0]["status"] != "running":
+                    break
+                time.sleep(0.05)
         phases["round"] = {
             "peak_above_baseline_bytes": (_status_kib(pid, "VmHWM") - baseline_kib) * 1024,
+            "peak_above_phase_start_bytes": (_status_kib(pid, "VmHWM") - phase_start) * 1024,
+            "rss_after_bytes": _status_kib(pid, "VmRSS") * 1024,
             "seconds": round(time.perf_counter() - t0, 2),
             "status": rounds[0]["status"],
             "abort_reason": rounds[0]["abort_reason"],
             "client_outcomes": sorted({f"{o.state}:{o.abort_reason}" for o in outcomes}),
             "client_errors": sorted({str(e)[:300] for e in errors}),
+            "stage_seconds": {
+                k: round(v["seconds"], 2) for k, v in rounds[0]["stage_stats"].items()
+            },
         }
+        if os.environ.get("SECAGG_BENCH_TIMELINE"):
+            # (seconds since the phase began, VmRSS MiB), at most ~200 points.
+            step = max(1, len(sampler.samples) // 200)
+            phases["round"]["timeline_mib"] = sampler.samples[::step]
 
         # Phase 2: every client downloads the new current model at once.
-        _wait_quiet(pid, 0.5)
+        phase_start = _wait_quiet(pid, 0.5)
         _reset_peak(pid)
         t0 = time.perf_counter()
         got: list[int] = []
@@ -203,6 +241,7 @@ def measure(length: int, n: int, work: Path, database_url: str | None) -> dict[s
         errors = _threads([lambda c=c: pull(c) for c in clients])
         phases["downloads"] = {
             "peak_above_baseline_bytes": (_status_kib(pid, "VmHWM") - baseline_kib) * 1024,
+            "peak_above_phase_start_bytes": (_status_kib(pid, "VmHWM") - phase_start) * 1024,
             "seconds": round(time.perf_counter() - t0, 2),
             "bodies": sorted(set(got)),
             "client_errors": sorted({str(e)[:300] for e in errors}),

@@ -49,6 +49,7 @@ __all__ = [
     "pack_bits",
     "to_modular",
     "unpack_bits",
+    "add_packed",
     "word_dtype",
 ]
 
@@ -316,6 +317,53 @@ def unpack_bits(data: bytes | memoryview, bit_width: int, count: int) -> WordArr
     out = np.empty((rows, 64), dtype=dtype)
     out[...] = columns.T
     return out.reshape(-1)[:count]
+
+
+# Elements unpacked at a time by add_packed: a multiple of 64, so that every
+# block starts on a byte (indeed a 64-bit word) boundary of the stream.
+ADD_BLOCK_ELEMENTS: Final[int] = 1 << 16
+
+
+def add_packed(acc: WordArray, data: bytes | memoryview, bit_width: int) -> None:
+    """``acc += unpack_bits(data, bit_width, len(acc))`` (mod the word size), in place.
+
+    The same values and the same checks as :func:`unpack_bits`, done before
+    ``acc`` is touched; the vector is then unpacked in blocks of
+    :data:`ADD_BLOCK_ELEMENTS`, so the working memory is a block, not the
+    unpacked vector (whose widening temporaries cost ~16 bytes per element).
+    A block of ``64 k`` elements is exactly ``8 k b`` bytes of the stream and is
+    itself the canonical packing of its elements.
+
+    Args:
+        acc: a 1-D array of dtype :func:`word_dtype` ``(b)``, the running sum.
+        data: the packed bytes of ``len(acc)`` elements.
+        bit_width: the word size ``b``.
+
+    Raises:
+        ConfigError: ``b`` is out of range, or ``acc`` is not a 1-D array of
+            :func:`word_dtype` ``(b)``.
+        DecodeError: as :func:`unpack_bits`; ``acc`` is then unchanged.
+    """
+    b = _check_bit_width(bit_width)
+    if not isinstance(acc, np.ndarray) or acc.ndim != 1 or acc.dtype != np.dtype(word_dtype(b)):
+        raise ConfigError(f"acc must be a 1-D {np.dtype(word_dtype(b))} array")
+    count = int(acc.shape[0])
+    expected = _packed_size(count, b)
+    if len(data) != expected:
+        raise DecodeError(
+            f"packed vector of {count} {b}-bit elements must be {expected} bytes, got {len(data)}"
+        )
+    used = (count * b) % 8
+    if used and data[-1] >> used:
+        raise DecodeError(f"non-zero padding bits in the last byte ({data[-1]:#04x})")
+    view = memoryview(data).cast("B")
+    block_bytes = ADD_BLOCK_ELEMENTS * b // 8
+    for start in range(0, count, ADD_BLOCK_ELEMENTS):
+        n = min(ADD_BLOCK_ELEMENTS, count - start)
+        first = start // ADD_BLOCK_ELEMENTS * block_bytes
+        values = unpack_bits(view[first : first + _packed_size(n, b)], b, n)
+        part = acc[start : start + n]
+        np.add(part, values, out=part)
 
 
 # --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from protocol._keys import (
 from protocol._state import SERVER_ACCEPTS, SERVER_ADVANCE, TERMINAL, Round
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import MaskExpander, X25519Secret, ed25519_verify, x25519_is_valid_public
-from protocol.encoding import WordArray, unpack_bits, word_dtype
+from protocol.encoding import WordArray, add_packed, word_dtype
 from protocol.errors import (
     AbortReason,
     BlameReason,
@@ -452,14 +452,15 @@ class ServerSession:
                 AbortReason.WRONG_VECTOR_LENGTH,
                 f"masked vector of {len(msg.masked)} bytes, expected {self.config.packed_size}",
             )
-        # §12.6 server step 2 (unpack_bits refuses non-zero padding bits)
-        values = unpack_bits(msg.masked, self.config.bit_width, self.config.vector_length)
         # §12.6 server step 3. Streaming aggregation: the sum is all the server
         # keeps; keeping the vector would cost (survivors x vector size) of
         # memory for nothing.
         if self._acc is None:
             self._acc = np.zeros(self.config.vector_length, word_dtype(self.config.bit_width))
-        np.add(self._acc, values, out=self._acc)
+        # §12.6 server step 2, fused with step 3: add_packed refuses non-zero
+        # padding bits before it adds anything, then unpacks block by block, so
+        # no unpacked copy of the vector is held either.
+        add_packed(self._acc, msg.masked, self.config.bit_width)
         return MaskedInput(msg.session_id, msg.sender, b"")
 
     def _check_r2(self, senders: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:

@@ -180,7 +180,9 @@ def serve(
     from secagg.app import create_app
     from secagg.limits import ConnectionLimits, guarded_h11_protocol
     from secagg.logs import configure_logging
+    from secagg.memory import tune_allocator
 
+    tune_allocator()  # model-sized buffers go back to the system when freed
     settings = _settings(
         config,
         host=host,

@@ -42,7 +42,7 @@ from protocol import (
     ServerSession,
     SessionConfig,
 )
-from protocol.encoding import FixedPointEncoding, RoundEncoding, from_modular
+from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.errors import AbortReason, ConfigError, ParameterError, RemoteProtocolError
 from protocol.messages import ClientMessage, decode_message
 from protocol.params import AdversaryClass, derive_parameters
@@ -51,6 +51,7 @@ from protocol.transport import session_context
 from secagg import db as dbm
 from secagg.registry import ModelRegistry
 from secagg.strategies import ClientSelector, UniformSelector, make_strategy
+from secagg.update import next_model
 
 log = logging.getLogger("secagg.orchestrator")
 
@@ -650,9 +651,16 @@ class TaskRunner:
                 )
             return
         result = server.result
-        total = from_modular(result.aggregate, driver.config.bit_width)
         try:
-            mean, weight, metrics = encoding.decode(total)
+            # Segment by segment: no int64 or float64 copy of the whole model.
+            update = next_model(
+                encoding,
+                result.aggregate,
+                driver.config.bit_width,
+                self.registry.weights_view(self.task_id, base_version),
+                make_strategy(task.strategy or {"name": "fedavg"}),
+                task.strategy_state,
+            )
         except ConfigError as exc:  # e.g. every survivor had zero weight
             reason = f"undecodable: {exc}"
             self._record_abort(driver, number, reason, stats, finished, statuses, {})
@@ -661,17 +669,16 @@ class TaskRunner:
                 {"task_id": self.task_id, "round": number, "reason": reason, "blamed": []},
             )
             return
+        metrics = update.metrics
         eval_metrics = {
             "eval_accuracy": metrics.accuracy if metrics.count else None,
             "eval_loss": metrics.mean_loss if metrics.count else None,
             "eval_examples": metrics.count,
-            "train_examples": weight,
+            "train_examples": update.total_weight,
             "survivors": len(result.survivors),
             "dropped": len(result.dropped),
         }
-        weights = self.registry.weights(self.task_id, base_version)
-        strategy = make_strategy(task.strategy or {"name": "fedavg"})
-        new_weights, new_state = strategy.apply(weights, mean, task.strategy_state)
+        new_weights, new_state = update.weights, update.state
         if not np.all(np.isfinite(new_weights)):
             raise ValueError("strategy produced non-finite weights")
         with self.db.session() as s:

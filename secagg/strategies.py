@@ -19,11 +19,29 @@ FloatArray = npt.NDArray[np.float32]
 
 
 class Strategy(Protocol):
-    """next_weights = f(current weights, mean client delta, state)."""
+    """next_weights = f(current weights, mean client delta, state), element by element.
+
+    ``apply`` takes whole vectors. The server applies a strategy segment by
+    segment instead (``secagg.update``), so that no float64 copy of the model
+    is ever whole: ``start`` loads the state's arrays, ``step`` maps one
+    segment (updating the state arrays' matching segments in place), and
+    ``finish`` serialises the state. ``apply`` is the three on one segment.
+    """
 
     def apply(
         self, weights: FloatArray, mean_delta: npt.NDArray[np.float64], state: bytes | None
     ) -> tuple[FloatArray, bytes | None]: ...
+
+    def start(self, state: bytes | None, length: int) -> list[npt.NDArray[np.float64]]: ...
+
+    def step(
+        self,
+        weights: FloatArray,
+        mean_delta: npt.NDArray[np.float64],
+        arrays: list[npt.NDArray[np.float64]],
+    ) -> FloatArray: ...
+
+    def finish(self, arrays: list[npt.NDArray[np.float64]]) -> bytes | None: ...
 
 
 def _save(*arrays: npt.NDArray[Any]) -> bytes:
@@ -54,14 +72,29 @@ class FedAvg:
     def apply(
         self, weights: FloatArray, mean_delta: npt.NDArray[np.float64], state: bytes | None
     ) -> tuple[FloatArray, bytes | None]:
+        arrays = self.start(state, len(weights))
+        return self.step(weights, mean_delta, arrays), self.finish(arrays)
+
+    def start(self, state: bytes | None, length: int) -> list[npt.NDArray[np.float64]]:
+        if not self.momentum:
+            return []
+        return _load(state, 1, length) if state else [np.zeros(length)]
+
+    def step(
+        self,
+        weights: FloatArray,
+        mean_delta: npt.NDArray[np.float64],
+        arrays: list[npt.NDArray[np.float64]],
+    ) -> FloatArray:
         step = mean_delta
-        new_state = None
         if self.momentum:
-            (velocity,) = _load(state, 1, len(weights)) if state else [np.zeros(len(weights))]
-            velocity = self.momentum * velocity + mean_delta
-            step, new_state = velocity, _save(velocity)
-        out = (weights.astype(np.float64) + self.server_lr * step).astype(np.float32)
-        return out, new_state
+            (velocity,) = arrays
+            velocity[...] = self.momentum * velocity + mean_delta
+            step = velocity
+        return (weights.astype(np.float64) + self.server_lr * step).astype(np.float32)
+
+    def finish(self, arrays: list[npt.NDArray[np.float64]]) -> bytes | None:
+        return _save(*arrays) if self.momentum else None
 
 
 class FedAdam:
@@ -75,12 +108,26 @@ class FedAdam:
     def apply(
         self, weights: FloatArray, mean_delta: npt.NDArray[np.float64], state: bytes | None
     ) -> tuple[FloatArray, bytes | None]:
-        n = len(weights)
-        m, v = _load(state, 2, n) if state else [np.zeros(n), np.zeros(n)]
-        m = self.b1 * m + (1 - self.b1) * mean_delta
-        v = self.b2 * v + (1 - self.b2) * mean_delta**2
+        arrays = self.start(state, len(weights))
+        return self.step(weights, mean_delta, arrays), self.finish(arrays)
+
+    def start(self, state: bytes | None, length: int) -> list[npt.NDArray[np.float64]]:
+        return _load(state, 2, length) if state else [np.zeros(length), np.zeros(length)]
+
+    def step(
+        self,
+        weights: FloatArray,
+        mean_delta: npt.NDArray[np.float64],
+        arrays: list[npt.NDArray[np.float64]],
+    ) -> FloatArray:
+        m, v = arrays
+        m[...] = self.b1 * m + (1 - self.b1) * mean_delta
+        v[...] = self.b2 * v + (1 - self.b2) * mean_delta**2
         out = weights.astype(np.float64) + self.lr * m / (np.sqrt(v) + self.tau)
-        return out.astype(np.float32), _save(m, v)
+        return out.astype(np.float32)
+
+    def finish(self, arrays: list[npt.NDArray[np.float64]]) -> bytes | None:
+        return _save(*arrays)
 
 
 STRATEGIES: Mapping[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam}

@@ -708,3 +708,40 @@ def test_round_encoding_refuses_impossible_metrics() -> None:
     for bad in (EvalSums(5, 4, 0.0), EvalSums(1, 11, 0.0), EvalSums(1, 2, float("nan"))):
         with pytest.raises(ConfigError):
             enc.encode(np.zeros(3), 1, bad, rng)
+
+
+# -- add_packed: the server's block-wise unpack-and-add -------------------------
+
+
+@pytest.mark.parametrize("bit_width", [1, 7, 8, 13, 16, 22, 29, 32, 33, 47, 64])
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 200, 1000])
+def test_add_packed_equals_unpack_then_add(
+    bit_width: int, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import protocol.encoding as enc
+
+    monkeypatch.setattr(enc, "ADD_BLOCK_ELEMENTS", 128)  # several blocks, a partial last one
+    rng = np.random.default_rng(bit_width * 1000 + count)  # test data, not secrets
+    dtype = word_dtype(bit_width)
+    top = (1 << bit_width) - 1
+    start = rng.integers(0, top, count, dtype=np.uint64, endpoint=True).astype(dtype)
+    values = rng.integers(0, top, count, dtype=np.uint64, endpoint=True).astype(dtype)
+    acc = start.copy()
+    enc.add_packed(acc, pack_bits(values, bit_width), bit_width)
+    expected = start + unpack_bits(pack_bits(values, bit_width), bit_width, count)
+    assert acc.dtype == expected.dtype and np.array_equal(acc, expected)
+
+
+def test_add_packed_refuses_before_touching_the_sum() -> None:
+    from protocol.encoding import add_packed
+
+    acc = np.arange(10, dtype=np.uint32)
+    data = bytearray(pack_bits(np.ones(10, np.uint32), 13))
+    data[-1] |= 0x80  # a padding bit: 10 x 13 = 130 bits, 6 of the last byte are padding
+    with pytest.raises(DecodeError, match="padding bits"):
+        add_packed(acc, bytes(data), 13)
+    with pytest.raises(DecodeError, match="must be 17 bytes"):
+        add_packed(acc, bytes(data[:-1]), 13)
+    assert np.array_equal(acc, np.arange(10, dtype=np.uint32))
+    with pytest.raises(ConfigError, match="acc must be a 1-D uint32"):
+        add_packed(acc.astype(np.uint64), bytes(data), 13)

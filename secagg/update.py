@@ -1,0 +1,84 @@
+"""The next global model from a round's aggregate, segment by segment.
+
+The aggregate is a vector of ``b``-bit words: the clients' weighted,
+quantised updates, then the total weight and the evaluation sums
+(``protocol.encoding.RoundEncoding``). Decoding it whole would hold an int64
+lift and a float64 mean of the model at once, and a float64 strategy step on
+top: four to six copies of the model's size. :func:`next_model` decodes and
+applies the strategy one segment at a time with the same arithmetic and the
+same checks, so its working memory is the new float32 model plus a segment
+(plus a stateful strategy's own state vectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.encoding import METRIC_SLOTS, EvalSums, RoundEncoding, WordArray, from_modular
+from protocol.errors import ConfigError
+from secagg.strategies import Strategy
+
+SEGMENT_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """What a completed round produced.
+
+    Attributes:
+        weights: the next global model (float32, new array).
+        total_weight: the survivors' total weight (training examples).
+        metrics: the survivors' summed evaluation metrics (of the base model).
+        state: the strategy's state after the round.
+    """
+
+    weights: npt.NDArray[np.float32]
+    total_weight: int
+    metrics: EvalSums
+    state: bytes | None
+
+
+def next_model(
+    encoding: RoundEncoding,
+    aggregate: WordArray,
+    bit_width: int,
+    base: npt.NDArray[np.float32],
+    strategy: Strategy,
+    state: bytes | None,
+    *,
+    segment: int = SEGMENT_ELEMENTS,
+) -> ModelUpdate:
+    """Decode ``aggregate`` and apply ``strategy`` to ``base`` (read only), in segments.
+
+    The result equals ``strategy.apply(base, encoding.decode(from_modular(
+    aggregate, bit_width))[0], state)`` element for element.
+
+    Raises:
+        ConfigError: the aggregate does not decode (``RoundEncoding.decode``'s
+            checks: zero or negative total weight, inconsistent metrics, a
+            value out of range), or its length is not the model's plus the
+            weight and metric slots.
+    """
+    length = int(base.shape[0])
+    slots = 1 + METRIC_SLOTS
+    if aggregate.ndim != 1 or aggregate.shape[0] != length + slots:
+        raise ConfigError(
+            f"aggregate of {aggregate.shape} does not hold {length} weights and {slots} slots"
+        )
+    if segment < 1:
+        raise ConfigError(f"segment must be >= 1, got {segment}")
+    # The weight and metric slots first: their checks do not depend on the body.
+    _, weight, metrics = encoding.decode(from_modular(aggregate[length:], bit_width))
+    weight_slot = np.array([weight], np.int64)
+    out = np.empty(length, np.float32)
+    arrays = strategy.start(state, length)
+    for start in range(0, length, segment):
+        stop = min(length, start + segment)
+        body = from_modular(aggregate[start:stop], bit_width)
+        # The fixed-point decoding with its range check, on this segment.
+        mean, _ = encoding.update.decode(np.concatenate([body, weight_slot]))
+        out[start:stop] = strategy.step(base[start:stop], mean, [a[start:stop] for a in arrays])
+    return ModelUpdate(out, weight, metrics, strategy.finish(arrays))

@@ -45,11 +45,11 @@ __all__ = [
     "ROUNDING_SEED_SIZE",
     "FixedPointEncoding",
     "WordArray",
+    "add_packed",
     "from_modular",
     "pack_bits",
     "to_modular",
     "unpack_bits",
-    "add_packed",
     "word_dtype",
 ]
 

@@ -212,7 +212,8 @@ def test_random_commitment_client_is_blamed_quarantined_and_training_completes(
         assert {i: len(o) for i, o in first_four.items()} == {i: 1 for i in range(n - 1)}
         assert late == {i: ["completed"] * rounds for i in range(n)}
         assert (
-            'secagg_client_outcomes_total{outcome="blamed_wrong_self_mask_commitment"}' in metrics
+            'secagg_client_outcomes_total{outcome="blamed_wrong_self_mask_commitment",'
+            f'task="{task_id}"}}' in metrics
         )
         assert "secagg_clients_quarantined_total" in metrics
 

@@ -268,6 +268,47 @@ def status(database_url: DbOption = None, config: ConfigOption = None) -> None:
     print_status(settings.database_url)
 
 
+@app.command("report")
+def report(
+    task: Annotated[int, typer.Option("--task", help="task id")],
+    server: Annotated[str, typer.Option(help="server URL, e.g. https://host:8443")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="directory to write into")] = Path("."),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SECAGG_ADMIN_TOKEN", help="admin token (default: --token-file)"),
+    ] = None,
+    token_file: Annotated[Path, typer.Option(help="file holding the admin token")] = Path(
+        "secagg-admin-token"
+    ),
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Draw a task's accuracy, loss, dropouts and bytes per round (PNG and HTML)."""
+    import httpx
+
+    from secagg.report import render_report
+
+    if token is None:
+        if not token_file.is_file():
+            typer.echo(f"error: no --token and no token file {token_file}", err=True)
+            raise typer.Exit(1)
+        token = token_file.read_text().strip()
+    try:
+        response = httpx.get(
+            f"{server.rstrip('/')}/v1/admin/tasks/{task}",
+            headers={"authorization": f"Bearer {token}"},
+            verify=str(ca) if ca else True,
+            timeout=60,
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {server}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if response.status_code != 200:
+        typer.echo(f"error: {response.status_code} {response.text[:300]}", err=True)
+        raise typer.Exit(1)
+    for path in render_report(response.json(), out):
+        typer.echo(str(path))
+
+
 @client_app.command("enrol")
 def client_enrol(
     server: Annotated[str, typer.Option(help="server URL, e.g. https://host:8443")],

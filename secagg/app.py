@@ -44,6 +44,7 @@ from secagg.auth import (
     purge_stale_nonces,
     verify_body,
 )
+from secagg.docs_assets import install_docs
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from secagg.orchestrator import TaskRunner, check_task_parameters
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
@@ -343,7 +344,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Secure aggregation for federated learning.",
+        docs_url=None,  # served from local assets instead of a CDN (secagg/docs_assets.py)
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.coordinator = coord
 
     # -- errors ------------------------------------------------------------------

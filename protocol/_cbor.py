@@ -161,7 +161,7 @@ _SHORT_HEAD: tuple[tuple[int, int] | None, ...] = tuple(
 _REFUSED_MAJOR = {5: "maps", 6: "tags", 7: "floats and simple values"}
 
 
-def _read_head(data: bytes, pos: int) -> tuple[int, int, int]:
+def _read_head(data: bytes | memoryview, pos: int) -> tuple[int, int, int]:
     """(major type, argument, position after the head) of the head at ``pos``."""
     if pos >= len(data):
         raise DecodeError("truncated CBOR item")
@@ -212,7 +212,7 @@ _INT_FRAGMENT = {
 _shapes: dict[tuple[int, ...], re.Pattern[bytes]] = {}
 
 
-def _string_shape(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _string_shape(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
     """(head size, length) of the byte string at ``pos``; (0, 0) if it cannot be shaped."""
     initial = data[pos]
     if 0x40 <= initial < 0x58:
@@ -244,7 +244,7 @@ def _shape_regex(shape: tuple[int, ...]) -> re.Pattern[bytes]:
 
 
 def _shape_run(
-    data: bytes, pos: int, end: int, remaining: int, open_arrays: int
+    data: bytes | memoryview, pos: int, end: int, remaining: int, open_arrays: int
 ) -> tuple[int, int, int]:
     """(entries, items per entry, bytes per entry) of the run of same-shaped
     entries at ``pos`` (at most ``remaining``); entries is 0 if there is none."""
@@ -290,7 +290,7 @@ def _shape_run(
     return (match.end() - pos) // size, per_entry, size
 
 
-def _scan(data: bytes) -> int:
+def _scan(data: bytes | memoryview) -> int:
     """Check that ``data`` is exactly one canonical item of the subset; return its item count.
 
     Linear in ``len(data)``, with at most ``SCAN_BASE_STEPS + len(data) //
@@ -367,7 +367,7 @@ def _scan(data: bytes) -> int:
             if value > end - pos:
                 raise DecodeError("truncated CBOR string")
             try:
-                data[pos : pos + value].decode("utf-8")
+                bytes(data[pos : pos + value]).decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DecodeError("CBOR text string is not valid UTF-8") from exc
             pos += value
@@ -375,23 +375,32 @@ def _scan(data: bytes) -> int:
         # checked that its head is in shortest form.
 
 
-def _check_input(data: object) -> bytes:
+def _check_input(data: object) -> bytes | memoryview:
+    """``data`` itself if it is ``bytes`` or a read-only flat byte view (e.g. of a
+    spooled request body: not copied), else an immutable copy."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
+    if not isinstance(data, bytes) and not (
+        isinstance(data, memoryview)
+        and data.readonly
+        and data.format == "B"
+        and data.ndim == 1
+        and data.c_contiguous
+    ):
+        data = bytes(data)
     if len(data) > MAX_MESSAGE_SIZE:
         raise DecodeError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
     return data
 
 
-def loads(data: bytes) -> CborValue:
+def loads(data: bytes | memoryview) -> CborValue:
     """Decode one canonical item of the subset (objects built by cbor2).
 
     The bounded scan has already refused anything that is not the canonical
     encoding of a subset item, so cbor2 only ever sees integers, strings and
     arrays of bounded depth, and the decoded value re-encodes to ``data``.
     """
-    data = _check_input(data)
+    data = bytes(_check_input(data))  # no copy for bytes
     _scan(data)
     try:
         return cbor2.loads(data, max_depth=MAX_DEPTH, allow_indefinite=False)
@@ -416,13 +425,13 @@ class _Reader:
 
     __slots__ = ("data", "pos", "views")
 
-    def __init__(self, data: bytes, views: bool = False) -> None:
+    def __init__(self, data: bytes | memoryview, views: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.views = views
 
     def take(self, n: int) -> bytes:
-        chunk = self.data[self.pos : self.pos + n]
+        chunk = bytes(self.data[self.pos : self.pos + n])  # no copy when data is bytes
         self.pos += n
         return chunk
 
@@ -451,7 +460,7 @@ SUBSET_MAX_ITEMS = 4096
 
 
 def loads_subset(
-    data: bytes, *, views: bool = False, max_items: int = SUBSET_MAX_ITEMS
+    data: bytes | memoryview, *, views: bool = False, max_items: int = SUBSET_MAX_ITEMS
 ) -> CborValue:
     """Decode exactly one canonical item of the subset; anything else raises DecodeError.
 

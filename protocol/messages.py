@@ -547,9 +547,13 @@ M = TypeVar("M", bound=Message)
 _MASKED_INPUT_PREFIX = bytes((0x84, int(MessageType.MASKED_INPUT)))
 
 
-def decode_message(data: bytes) -> Message:
-    """Decode canonical bytes into a message; :class:`DecodeError` for anything else."""
-    if isinstance(data, bytes) and data[:2] == _MASKED_INPUT_PREFIX:
+def decode_message(data: bytes | memoryview) -> Message:
+    """Decode canonical bytes into a message; :class:`DecodeError` for anything else.
+
+    ``data`` may also be a read-only byte ``memoryview`` (e.g. of a spooled
+    request body); a masked input's vector is then a view of it, not a copy.
+    """
+    if isinstance(data, bytes | memoryview) and data[:2] == _MASKED_INPUT_PREFIX:
         # [4, session_id, sender, masked]: five items, one large byte string (no copy).
         value = _cbor.loads_subset(data, views=True, max_items=5)
     else:

@@ -44,6 +44,7 @@ from secagg.auth import (
     purge_stale_nonces,
     verify_body,
 )
+from secagg.bodies import body_sha256, drop_resident, read_body
 from secagg.docs_assets import install_docs
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from secagg.orchestrator import TaskRunner, check_task_parameters
@@ -407,9 +408,14 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         pending = await run_in_threadpool(
             check_headers, database, headers, clock_skew_s=settings.request_clock_skew_s
         )
-        body = await request.body()
+        # Large bodies (masked inputs) are spooled to disk, not held in memory.
+        body = await read_body(request, settings.body_spool_bytes)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await run_in_threadpool(verify_body, database, pending, request.method, path, body)
+        cid = await run_in_threadpool(
+            verify_body, database, pending, request.method, path, body, body_sha256(request)
+        )
+        drop_resident(body)
+        return cid
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         check_admin(authorization, coord.admin_token)
@@ -684,13 +690,15 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         driver = coord.round_driver(round_id)
         if cid not in driver.mailboxes:  # before anything decodes the body
             raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
-        body = await request.body()
+        body = await read_body(request, settings.body_spool_bytes)
         try:
             await driver.submit(cid, body)
         except DecodeError as exc:
             raise ApiError(400, exc.reason.value, exc.detail) from exc
         except RemoteProtocolError as exc:
             raise ApiError(409, exc.reason.value, exc.detail) from exc
+        finally:
+            drop_resident(body)
         return {"status": "accepted"}
 
     @app.get(

@@ -119,9 +119,16 @@ def check_headers(
 
 
 def verify_body(
-    db: dbm.Database, pending: PendingRequest, method: str, path: str, body: bytes
+    db: dbm.Database,
+    pending: PendingRequest,
+    method: str,
+    path: str,
+    body: bytes | memoryview,
+    body_sha256: bytes | None = None,
 ) -> int:
     """Verify the signature (which covers the body's hash) and remember the nonce.
+
+    ``body_sha256``: the body's SHA-256 when it was computed as the body arrived.
 
     Raises:
         AuthError: 401 for an invalid signature, a replayed nonce, or a client
@@ -137,6 +144,7 @@ def verify_body(
         req.timestamp,
         req.nonce,
         body,
+        body_sha256=body_sha256,
     ):
         raise AuthError(401, "bad_signature", "request signature does not verify")
     with db.session() as s:

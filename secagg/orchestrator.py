@@ -286,7 +286,7 @@ class RoundDriver:
         self._progress = asyncio.Event()
         self._stage_bytes_in = 0
 
-    async def submit(self, client_id: int, data: bytes) -> None:
+    async def submit(self, client_id: int, data: bytes | memoryview) -> None:
         """A client's protocol message. Raises RemoteProtocolError (state unchanged).
 
         Only a participant's bytes are decoded, and never on the event loop:
@@ -346,7 +346,7 @@ class RoundDriver:
             self._progress.clear()
 
 
-def _decode_from(data: bytes, client_id: int) -> ClientMessage:
+def _decode_from(data: bytes | memoryview, client_id: int) -> ClientMessage:
     """Decode a client's message (once) and check it claims its authenticated sender.
 
     The same checks, in the same order, as steps 2-3 of the server's receive
@@ -652,7 +652,8 @@ class TaskRunner:
             return
         result = server.result
         try:
-            # Segment by segment: no int64 or float64 copy of the whole model.
+            # Segment by segment, no int64 or float64 copy of the whole model,
+            # and the new weights written over the aggregate (not read after this).
             update = next_model(
                 encoding,
                 result.aggregate,
@@ -660,6 +661,7 @@ class TaskRunner:
                 self.registry.weights_view(self.task_id, base_version),
                 make_strategy(task.strategy or {"name": "fedavg"}),
                 task.strategy_state,
+                in_place=True,
             )
         except ConfigError as exc:  # e.g. every survivor had zero weight
             reason = f"undecodable: {exc}"

@@ -124,13 +124,14 @@ class VersionInfo:
     is_current: bool
 
 
-def content_hash(raw: bytes) -> str:
+def content_hash(raw: bytes | memoryview) -> str:
     """The registry's content hash of raw float32 little-endian weight bytes."""
     return hashlib.sha256(raw).hexdigest()
 
 
-def _encode_weights(weights: npt.ArrayLike, vector_length: int) -> bytes:
-    """Validate a weight vector and return its stored bytes.
+def _encode_weights(weights: npt.ArrayLike, vector_length: int) -> bytes | memoryview:
+    """Validate a weight vector and return its stored bytes (a view of a float32
+    little-endian input, not a copy: the database driver copies them once).
 
     Raises:
         RegistryError: not a 1-D floating vector of ``vector_length`` finite
@@ -152,6 +153,8 @@ def _encode_weights(weights: npt.ArrayLike, vector_length: int) -> bytes:
         raise RegistryError(
             f"weights must be finite float32 values; element {bad} is {array[bad]!r}"
         )
+    if stored.flags.c_contiguous:
+        return memoryview(stored.data).cast("B")
     return stored.tobytes()
 
 
@@ -318,6 +321,12 @@ class EncodedModelCache:
                 with self._lock:
                     self._loading.pop(key, None)
 
+    def discard_task(self, task_id: int) -> None:
+        """Drop every cached version of ``task_id`` (they are reloaded on demand)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == task_id]:
+                self._bytes -= self._entries.pop(key).size
+
     def _put(self, key: tuple[int, int], entry: EncodedModel) -> None:
         if entry.size > self.max_bytes:
             return
@@ -415,6 +424,10 @@ class ModelRegistry:
             VersionNotFound: ``parent_version`` does not exist.
             RegistryError: bad weights or metrics.
         """
+        # Clients download the current version: once it moves, the older ones
+        # are rarely read again. Dropping them now also frees their memory
+        # before the new weights are copied into the database.
+        self.cache.discard_task(task_id)
         with self._transaction(session) as s:
             task = self._lock_task(s, task_id)
             self._row(s, task_id, parent_version)

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
+    body_spool_bytes: int = Field(
+        default=1024 * 1024,
+        ge=0,
+        description="a request body larger than this (a masked input) is written to an "
+        "unlinked temporary file in TMPDIR as it arrives and read back through a memory "
+        "map, instead of being held in memory",
+    )
     model_cache_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=0,

@@ -50,11 +50,18 @@ def next_model(
     state: bytes | None,
     *,
     segment: int = SEGMENT_ELEMENTS,
+    in_place: bool = False,
 ) -> ModelUpdate:
     """Decode ``aggregate`` and apply ``strategy`` to ``base`` (read only), in segments.
 
     The result equals ``strategy.apply(base, encoding.decode(from_modular(
     aggregate, bit_width))[0], state)`` element for element.
+
+    With ``in_place``, the new weights are written over ``aggregate``'s own
+    buffer (its first ``4 * len(base)`` bytes), which saves a model's worth of
+    memory: the aggregate is consumed and must not be read afterwards. This is
+    safe because segments go upwards and each is read whole before its float32
+    results (4 bytes each, never wider than a word) are written below it.
 
     Raises:
         ConfigError: the aggregate does not decode (``RoundEncoding.decode``'s
@@ -73,7 +80,12 @@ def next_model(
     # The weight and metric slots first: their checks do not depend on the body.
     _, weight, metrics = encoding.decode(from_modular(aggregate[length:], bit_width))
     weight_slot = np.array([weight], np.int64)
-    out = np.empty(length, np.float32)
+    if in_place:
+        if not (aggregate.flags.c_contiguous and aggregate.flags.writeable):
+            raise ConfigError("in_place needs a writable, contiguous aggregate")
+        out: npt.NDArray[np.float32] = aggregate.view(np.float32)[:length]
+    else:
+        out = np.empty(length, np.float32)
     arrays = strategy.start(state, length)
     for start in range(0, length, segment):
         stop = min(length, start + segment)

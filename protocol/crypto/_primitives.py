@@ -83,7 +83,7 @@ class DeterministicRandom:
 # --------------------------------------------------------------------------
 
 
-def sha256(data: bytes) -> bytes:
+def sha256(data: bytes | memoryview) -> bytes:
     """SHA-256 digest of ``data``."""
     return hashlib.sha256(data).digest()
 

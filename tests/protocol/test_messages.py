@@ -303,3 +303,42 @@ def test_broadcast_encoders_equal_per_message_encoding() -> None:
     assert plain[2] == UnmaskRequest(SID, 2, tuple(survivors), tuple(dropped)).encode()
     with pytest.raises(DecodeError):
         encode_unmask_requests(SID, [2], [3, 1], dropped)
+
+
+def _outcome(data: bytes | memoryview) -> object:
+    try:
+        return decode_message(data)
+    except RemoteProtocolError as exc:
+        return (exc.reason, exc.detail)
+
+
+@pytest.mark.parametrize("data", MESSAGES, ids=lambda d: str(len(d)))
+def test_a_read_only_view_decodes_as_the_bytes_do(data: bytes) -> None:
+    from_view = decode_message(memoryview(data).toreadonly())
+    assert from_view == decode_message(data) and from_view.encode() == data
+
+
+def test_a_large_masked_input_from_a_view_is_not_copied() -> None:
+    masked = bytes(range(256)) * 64  # 16 KiB: above the view threshold
+    data = MaskedInput(SID, 7, masked).encode()
+    view = memoryview(data).toreadonly()
+    msg = decode_message(view)
+    assert isinstance(msg, MaskedInput) and isinstance(msg.masked, memoryview)
+    assert msg.masked.obj is data and bytes(msg.masked) == masked and msg.sender == 7
+    assert isinstance(msg.session_id, bytes) and msg.session_id == SID
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(MESSAGES), st.data())
+def test_fuzz_views_and_bytes_decode_alike(original: bytes, data: st.DataObject) -> None:
+    buf = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, max(0, len(buf) - 1)))
+        if data.draw(st.booleans()) and buf:
+            buf[pos] ^= 1 << data.draw(st.integers(0, 7))
+        else:
+            buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
+    raw = bytes(buf)
+    assert _outcome(memoryview(raw).toreadonly()) == _outcome(raw)
+    # A writable view could change under the decoder: it is copied, same outcome.
+    assert _outcome(memoryview(bytearray(raw))) == _outcome(raw)

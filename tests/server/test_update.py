@@ -83,3 +83,50 @@ def test_zero_weight_and_bad_lengths_are_refused() -> None:
         next_model(ENCODING, zero, bits, np.zeros(LENGTH, np.float32), fedavg, None)
     with pytest.raises(ConfigError, match="does not hold 999 weights"):
         next_model(ENCODING, zero, bits, np.zeros(LENGTH - 1, np.float32), fedavg, None)
+
+
+WIDE = RoundEncoding(FixedPointEncoding(clip=1.0, scale=float(1 << 20), max_weight=10**6))
+
+
+@pytest.mark.parametrize("encoding", [ENCODING, WIDE], ids=["uint32", "uint64"])
+@pytest.mark.parametrize("segment", [1, 100, 333, LENGTH])
+def test_in_place_writes_the_same_weights_over_the_aggregate(
+    encoding: RoundEncoding, segment: int
+) -> None:
+    rng = np.random.default_rng(5)  # test data, not secrets
+    bits = encoding.required_bit_width(3)
+    total = np.zeros(encoding.vector_length(LENGTH), np.int64)
+    for i in range(3):
+        total += encoding.encode(
+            rng.uniform(-1, 1, LENGTH),
+            30 * (i + 1),
+            EvalSums(1, 2, 0.5),
+            DeterministicRandom(bytes([i]) * 32),
+        )
+    agg = to_modular(total, bits)
+    assert agg.dtype == (np.uint32 if encoding is ENCODING else np.uint64)
+    base = np.random.default_rng(6).standard_normal(LENGTH).astype(np.float32)
+    fedavg = make_strategy({"name": "fedavg", "server_lr": 0.7})
+    expected = next_model(encoding, agg, bits, base, fedavg, None)
+    consumed = agg.copy()
+    update = next_model(
+        encoding, consumed, bits, base, fedavg, None, segment=segment, in_place=True
+    )
+    assert np.array_equal(update.weights, expected.weights)
+    assert np.shares_memory(update.weights, consumed)  # no new model-sized array
+    assert (update.total_weight, update.metrics) == (expected.total_weight, expected.metrics)
+
+
+def test_in_place_needs_a_writable_aggregate() -> None:
+    agg, bits = aggregate(2, 7)
+    agg.flags.writeable = False
+    with pytest.raises(ConfigError, match="writable"):
+        next_model(
+            ENCODING,
+            agg,
+            bits,
+            np.zeros(LENGTH, np.float32),
+            make_strategy({"name": "fedavg"}),
+            None,
+            in_place=True,
+        )

@@ -39,6 +39,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.http_round
+	$(BIN)/python -m benchmarks.memory
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks

@@ -228,8 +228,11 @@ def measure(length: int, n: int, work: Path, database_url: str | None) -> dict[s
             step = max(1, len(sampler.samples) // 200)
             phases["round"]["timeline_mib"] = sampler.samples[::step]
 
-        # Phase 2: every client downloads the new current model at once.
+        # Phase 2: every client downloads the new current model at once
+        # (optionally after SECAGG_BENCH_SETTLE_S seconds of quiet).
+        time.sleep(float(os.environ.get("SECAGG_BENCH_SETTLE_S", "0")))
         phase_start = _wait_quiet(pid, 0.5)
+        phases["round"]["rss_before_downloads_bytes"] = phase_start * 1024
         _reset_peak(pid)
         t0 = time.perf_counter()
         got: list[int] = []

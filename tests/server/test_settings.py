@@ -31,7 +31,7 @@ def test_unknown_or_invalid_settings_are_refused(tmp_path: Path) -> None:
         Settings(port=70000)
 
 
-_SIZES = {"64 MiB": 64 << 20, "64 KiB": 64 << 10}
+_SIZES = {"64 MiB": 64 << 20, "64 KiB": 64 << 10, "1 MiB": 1 << 20, "256 MiB": 256 << 20}
 
 
 def test_readme_documents_every_service_limit_with_its_default() -> None:
@@ -53,6 +53,8 @@ def test_readme_documents_every_service_limit_with_its_default() -> None:
         "max_connections_per_ip",
         "nonce_purge_interval_s",
         "request_clock_skew_s",
+        "body_spool_bytes",
+        "model_cache_bytes",
     }
     assert set(documented) == limits
     defaults = Settings()

@@ -77,6 +77,8 @@ _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 CURRENT = "current"
 """The reference that names a task's current version."""
 
+_READ_CHUNK = 4 * 1024 * 1024
+
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 """Default bound of the encoded-model cache (a few versions of a 10^7-weight model)."""
 
@@ -124,7 +126,7 @@ class VersionInfo:
     is_current: bool
 
 
-def content_hash(raw: bytes | memoryview) -> str:
+def content_hash(raw: bytes | bytearray | memoryview) -> str:
     """The registry's content hash of raw float32 little-endian weight bytes."""
     return hashlib.sha256(raw).hexdigest()
 
@@ -233,7 +235,7 @@ class EncodedModel:
     task_id: int
     version: int
     header: bytes
-    raw: bytes
+    raw: bytes | bytearray
     body_sha256: str
     weights_sha256: str
 
@@ -251,14 +253,16 @@ class EncodedModel:
 
     def weights(self) -> npt.NDArray[np.float32]:
         """The weights as a read-only float32 view of ``raw`` (no copy)."""
-        return np.frombuffer(self.raw, dtype=WEIGHTS_DTYPE)
+        view = np.frombuffer(self.raw, dtype=WEIGHTS_DTYPE)
+        view.flags.writeable = False
+        return view
 
     def to_bytes(self) -> bytes:
         """The whole ``.npy`` file in one ``bytes`` (a copy: for small models and tests)."""
-        return self.header + self.raw
+        return b"".join((self.header, self.raw))
 
     @classmethod
-    def build(cls, task_id: int, version: int, raw: bytes) -> EncodedModel:
+    def build(cls, task_id: int, version: int, raw: bytes | bytearray) -> EncodedModel:
         """Encode stored bytes (their length must be a multiple of 4) as an ``.npy`` file."""
         header = npy_header(len(raw) // WEIGHTS_DTYPE.itemsize)
         body = hashlib.sha256(header)
@@ -602,22 +606,41 @@ class ModelRegistry:
         raw = self._raw(task_id, version, session=session)
         return np.frombuffer(raw, dtype=WEIGHTS_DTYPE).astype(np.float32, copy=True)
 
-    def _raw(self, task_id: int, version: int | None, *, session: Session | None = None) -> bytes:
-        """A version's stored bytes, checked against its hash and the task's length."""
+    def _raw(
+        self, task_id: int, version: int | None, *, session: Session | None = None
+    ) -> bytearray:
+        """A version's stored bytes, checked against its hash and the task's length.
+
+        Read in pieces of ``_READ_CHUNK`` bytes into one buffer: a driver that
+        fetches a whole value at once may hold it several times over (hex text,
+        then bytes: five model sizes on PostgreSQL), a piece at a time it holds
+        a piece.
+        """
         with self._transaction(session) as s:
             if version is None:
                 version = self._require_current(s, task_id)
+            where = (ModelVersion.task_id == task_id, ModelVersion.version == version)
             found = s.execute(
-                select(ModelVersion.weights, ModelVersion.sha256, Task.vector_length)
+                select(func.length(ModelVersion.weights), ModelVersion.sha256, Task.vector_length)
                 .join(Task, Task.id == ModelVersion.task_id)
-                .where(ModelVersion.task_id == task_id, ModelVersion.version == version)
+                .where(*where)
             ).one_or_none()
             if found is None:
                 raise self._missing(s, task_id, version)
-            stored, recorded, vector_length = found[0], str(found[1]), int(found[2])
-            # bytes() of bytes is the same object; a memoryview (some drivers) is copied once.
-            raw = stored if isinstance(stored, bytes) else bytes(stored)
-            del found, stored
+            size, recorded, vector_length = int(found[0] or 0), str(found[1]), int(found[2])
+            raw = bytearray(size)
+            for start in range(0, size, _READ_CHUNK):
+                piece = s.scalar(
+                    select(func.substr(ModelVersion.weights, start + 1, _READ_CHUNK)).where(*where)
+                )
+                end = start + len(piece or b"")
+                if piece is None or end > size or (end != size and len(piece) != _READ_CHUNK):
+                    raise IntegrityError(
+                        f"version {version} of task {task_id}: its stored weights changed length "
+                        "while being read"
+                    )
+                raw[start:end] = piece
+                del piece
         actual = content_hash(raw)
         if actual != recorded:
             raise IntegrityError(

@@ -323,3 +323,30 @@ def test_sdk_refuses_a_consistent_file_of_the_wrong_dtype(tmp_path: Path) -> Non
 
     with pytest.raises(ClientError, match="not a 1-D little-endian float32"):
         _sdk_client(tmp_path, answer)._download(3)
+
+
+def test_weights_are_read_in_pieces(
+    registry: ModelRegistry, make_task: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secagg.registry as reg
+
+    monkeypatch.setattr(reg, "_READ_CHUNK", 12)  # 3 float32 values per piece, a partial last
+    task = make_task(vector_length=10)
+    weights = np.arange(10, dtype=np.float32) / 7
+    registry.create_initial(task, weights)
+    assert np.array_equal(registry.weights(task, 1), weights)
+    assert registry.encoded(task, 1).to_bytes() == npy(weights)
+
+
+def test_storing_a_version_drops_the_tasks_older_cached_versions(
+    registry: ModelRegistry, make_task: Callable[..., int]
+) -> None:
+    one, two = make_task(vector_length=LENGTH), make_task(vector_length=LENGTH)
+    registry.create_initial(one, np.zeros(LENGTH, np.float32))
+    registry.create_initial(two, np.zeros(LENGTH, np.float32))
+    registry.encoded(one, 1)
+    registry.encoded(two, 1)
+    registry.add_version(one, np.ones(LENGTH, np.float32), parent_version=1)
+    assert registry.cache.keys() == [(two, 1)]
+    assert registry.encoded(one, 1).to_bytes() == npy(np.zeros(LENGTH, np.float32))  # reloaded
+    assert registry.encoded(one, 2).to_bytes() == npy(np.ones(LENGTH, np.float32))

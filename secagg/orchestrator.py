@@ -703,6 +703,8 @@ class TaskRunner:
             t.current_round, t.strategy_state = number, new_state
             t.completed_rounds += 1
             t.aborted_in_a_row = 0
+        # Committed: the clients of the next round download it from memory.
+        self.registry.remember(version, new_weights)
         self._events(
             "round_completed",
             {"task_id": self.task_id, "round": number, "version": version.version, **eval_metrics},

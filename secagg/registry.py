@@ -235,7 +235,7 @@ class EncodedModel:
     task_id: int
     version: int
     header: bytes
-    raw: bytes | bytearray
+    raw: bytes | bytearray | memoryview
     body_sha256: str
     weights_sha256: str
 
@@ -262,7 +262,9 @@ class EncodedModel:
         return b"".join((self.header, self.raw))
 
     @classmethod
-    def build(cls, task_id: int, version: int, raw: bytes | bytearray) -> EncodedModel:
+    def build(
+        cls, task_id: int, version: int, raw: bytes | bytearray | memoryview
+    ) -> EncodedModel:
         """Encode stored bytes (their length must be a multiple of 4) as an ``.npy`` file."""
         header = npy_header(len(raw) // WEIGHTS_DTYPE.itemsize)
         body = hashlib.sha256(header)
@@ -565,6 +567,26 @@ class ModelRegistry:
             (task_id, version),
             lambda: EncodedModel.build(task_id, version, self._raw(task_id, version)),
         )
+
+    def remember(self, info: VersionInfo, weights: npt.NDArray[np.float32]) -> bool:
+        """Cache a version the caller has just stored and committed, from its weights.
+
+        Saves reading the version back from the database for its first
+        download; ``weights`` is kept, not copied, so the caller must not
+        change it afterwards. Nothing is cached unless ``weights`` hash to the
+        version's recorded content hash.
+
+        Returns:
+            Whether the version was cached.
+        """
+        array = np.asarray(weights)
+        if array.ndim != 1 or array.dtype != WEIGHTS_DTYPE or not array.flags.c_contiguous:
+            return False
+        model = EncodedModel.build(info.task_id, info.version, memoryview(array.data).cast("B"))
+        if model.weights_sha256 != info.sha256:
+            return False
+        self.cache.get_or_load((info.task_id, info.version), lambda: model)
+        return True
 
     def weights_view(self, task_id: int, version: int) -> npt.NDArray[np.float32]:
         """A version's weights as a read-only view of its cached encoded file (no copy).

@@ -350,3 +350,18 @@ def test_storing_a_version_drops_the_tasks_older_cached_versions(
     assert registry.cache.keys() == [(two, 1)]
     assert registry.encoded(one, 1).to_bytes() == npy(np.zeros(LENGTH, np.float32))  # reloaded
     assert registry.encoded(one, 2).to_bytes() == npy(np.ones(LENGTH, np.float32))
+
+
+def test_a_committed_version_is_remembered_from_its_weights(
+    registry: ModelRegistry, task_id: int
+) -> None:
+    registry.create_initial(task_id, np.zeros(LENGTH, np.float32))
+    new = np.arange(LENGTH, dtype=np.float32)
+    info = registry.add_version(task_id, new, parent_version=1)
+    assert not registry.remember(info, new + 1)  # not what was stored: not cached
+    assert registry.cache.keys() == []
+    assert registry.remember(info, new)
+    cached = registry.encoded(task_id, 2)
+    assert np.shares_memory(cached.weights(), new)  # kept, not copied
+    registry.cache.discard_task(task_id)
+    assert registry.encoded(task_id, 2) == cached  # the database holds the same file

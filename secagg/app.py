@@ -7,33 +7,28 @@ sends can cause a 500 or change stored data it should not.
 """
 
 import asyncio
-import base64
 import hmac
-import io
 import logging
 import re
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from protocol import ConfigError, DecodeError, Mode, RemoteProtocolError
+from protocol import DecodeError, RemoteProtocolError
 from protocol.authority import CertificationError, Roster, authority_key_id
-from protocol.encoding import FixedPointEncoding, RoundEncoding
-from protocol.policy import DEFAULT_MIN_PARTICIPANTS, SessionPolicy
 from protocol.transport import CBOR_MEDIA_TYPE
+from secagg import admin_routes
 from secagg import db as dbm
 from secagg import metrics as prom
+from secagg.admin_token import resolve_admin_token
 from secagg.auth import (
     AuthError,
     check_admin,
@@ -44,9 +39,10 @@ from secagg.auth import (
     verify_body,
 )
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
-from secagg.orchestrator import TaskRunner, check_task_parameters
+from secagg.orchestrator import TaskRunner
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
 from secagg.settings import Settings
+from secagg.task_spec import TaskCreate, TaskView, describe_validation_errors  # noqa: F401
 
 log = logging.getLogger("secagg.app")
 
@@ -71,7 +67,7 @@ class Coordinator:
         self.registry = ModelRegistry(db)
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
+        self.admin_token = resolve_admin_token(settings.admin_token, settings.admin_token_file)
         # (task, client) pairs known to have been assigned a round of the task.
         self._eligible: set[tuple[int, int]] = set()
 
@@ -211,50 +207,6 @@ class RosterResponse(BaseModel):
     not_after: int
 
 
-class TaskCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    vector_length: int = Field(ge=1, le=1 << 27)
-    initial_weights: str | None = Field(
-        default=None, description="base64 of a .npy float32 vector; zeros if omitted"
-    )
-    rounds: int = Field(ge=1, le=1_000_000)
-    clients_per_round: int = Field(ge=2, le=100_000)
-    min_clients: int | None = Field(default=None, ge=2)
-    mode: Literal["semi-honest", "active"] = "active"
-    graph: Literal["complete", "harary", "auto"] = "auto"
-    dropout_rate: float = Field(default=0.1, ge=0, lt=1)
-    corrupt_rate: float = Field(default=0.05, ge=0, lt=1)
-    clip: float = Field(default=1.0, gt=0)
-    # 2^12 x 10^4 keeps one client's weighted update below 2^26, so cohorts
-    # of up to ~30 clients stay within 32-bit words; raise for more precision.
-    scale: float = Field(default=float(1 << 12), gt=0)
-    max_weight: int = Field(default=10_000, ge=1, le=1 << 62)
-    deadlines: dict[
-        Literal["R0", "R1", "R2", "R3", "R4"], Annotated[float, Field(gt=0, le=86400)]
-    ] = Field(default_factory=dict)
-    strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
-    # The client policy the task is checked against at creation (spec §4.7): a
-    # task no such client would accept is refused. Lowering either is only
-    # meaningful for clients that opted in the same way.
-    allow_semi_honest: bool = Field(
-        default=False,
-        description="clients of this task opted into semi-honest sessions (the server "
-        "can then substitute keys and recover inputs)",
-    )
-    min_participants: int = Field(
-        default=DEFAULT_MIN_PARTICIPANTS,
-        ge=2,
-        le=100_000,
-        description="the clients' floor on participants and survivors",
-    )
-    max_aborted_rounds: int = Field(
-        default=dbm.DEFAULT_MAX_ABORTED_ROUNDS,
-        ge=1,
-        le=10_000,
-        description="aborted rounds in a row after which the task is marked failed",
-    )
-
-
 class QuarantineEntry(BaseModel):
     """A client excluded from a task's rounds because a round blamed it (specs §13.1)."""
 
@@ -278,29 +230,7 @@ def _quarantine_json(q: dbm.Quarantine) -> QuarantineEntry:
 
 
 def _task_json(t: dbm.Task) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "name": t.name,
-        "status": t.status.value,
-        "vector_length": t.vector_length,
-        "rounds": t.rounds,
-        "current_round": t.current_round,
-        "completed_rounds": t.completed_rounds,
-        "aborted_in_a_row": t.aborted_in_a_row,
-        "max_aborted_rounds": t.max_aborted_rounds,
-        "failure_reason": t.failure_reason,
-        "clients_per_round": t.clients_per_round,
-        "min_clients": t.min_clients,
-        "mode": t.mode.value,
-        "graph": t.graph.value,
-        "dropout_rate": t.dropout_rate,
-        "corrupt_rate": t.corrupt_rate,
-        "clip": t.clip,
-        "scale": t.scale,
-        "max_weight": t.max_weight,
-        "deadlines": t.deadlines,
-        "strategy": t.strategy,
-    }
+    return TaskView.from_row(t).model_dump(mode="json")
 
 
 def _round_json(r: dbm.Round) -> dict[str, Any]:
@@ -365,7 +295,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc.errors()))
+        return _error(422, "invalid_request", describe_validation_errors(exc.errors()))
 
     def body_limit(scope: Any) -> int:
         """Large bodies only where the sender is checked before its body is read:
@@ -433,80 +363,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         token, row = await run_in_threadpool(create_enrolment_token, database, req.label, req.ttl_s)
         return TokenResponse(token=token, expires_at=row.expires_at.isoformat())
 
-    @app.post("/v1/admin/tasks")
-    async def create_task(req: TaskCreate, _: Admin) -> dict[str, Any]:
-        if req.initial_weights is not None:
-            try:
-                weights = np.load(
-                    io.BytesIO(base64.b64decode(req.initial_weights, validate=True)),
-                    allow_pickle=False,
-                )
-            except Exception as exc:
-                raise ApiError(
-                    400, "bad_weights", f"initial_weights is not a base64 .npy: {exc}"
-                ) from exc
-            if weights.shape != (req.vector_length,):
-                raise ApiError(
-                    400,
-                    "bad_weights",
-                    f"initial weights have shape {weights.shape}, expected ({req.vector_length},)",
-                )
-        else:
-            weights = np.zeros(req.vector_length, np.float32)
-        if req.min_clients is not None and req.min_clients > req.clients_per_round:
-            raise ApiError(400, "bad_task", "min_clients exceeds clients_per_round")
-        try:  # a task whose rounds could never run is refused now, not at round time
-            encoding = RoundEncoding(FixedPointEncoding(req.clip, req.scale, req.max_weight))
-            encoding.required_bit_width(req.clients_per_round)
-            # Up to ~0.5 s for wide ranges of large cohorts: off the event loop.
-            await run_in_threadpool(
-                check_task_parameters,
-                Mode(req.mode),
-                req.graph,
-                req.dropout_rate,
-                req.corrupt_rate,
-                req.min_clients or req.clients_per_round,
-                req.clients_per_round,
-                SessionPolicy(
-                    allow_semi_honest=req.allow_semi_honest,
-                    min_participants=req.min_participants,
-                ),
-            )
-        except ConfigError as exc:
-            raise ApiError(400, "bad_task", str(exc)) from exc
-
-        def _create() -> dbm.Task:
-            with database.session() as s:
-                task = dbm.Task(
-                    name=req.name,
-                    status=dbm.TaskStatus.ACTIVE,
-                    vector_length=req.vector_length,
-                    rounds=req.rounds,
-                    clients_per_round=req.clients_per_round,
-                    min_clients=req.min_clients or req.clients_per_round,
-                    mode=dbm.ProtocolMode(req.mode),
-                    graph=dbm.GraphChoice(req.graph),
-                    dropout_rate=req.dropout_rate,
-                    corrupt_rate=req.corrupt_rate,
-                    clip=req.clip,
-                    scale=req.scale,
-                    max_weight=req.max_weight,
-                    deadlines=dict(req.deadlines),
-                    strategy=req.strategy,
-                    current_round=0,
-                    max_aborted_rounds=req.max_aborted_rounds,
-                )
-                s.add(task)
-                s.flush()
-                coord.registry.create_initial(task.id, weights.astype(np.float32), session=s)
-                return task
-
-        try:
-            task = await run_in_threadpool(_create)
-        except DbIntegrityError as exc:
-            raise ApiError(409, "task_exists", f"a task named {req.name!r} exists") from exc
-        coord.start_runner(task.id)
-        return _task_json(task)
+    # Task create / list / cancel / pause / resume / archive (secagg/admin_routes.py).
+    admin_routes.install(app, coord, admin)
 
     @app.put("/v1/admin/tasks/{task_id}/roster", response_model=RosterResponse)
     async def upload_roster(task_id: Id, request: Request, _: Admin) -> RosterResponse:
@@ -546,11 +404,6 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             not_before=roster.not_before,
             not_after=roster.not_after,
         )
-
-    @app.get("/v1/admin/tasks")
-    async def list_tasks(_: Admin) -> list[dict[str, Any]]:
-        with database.session() as s:
-            return [_task_json(t) for t in s.scalars(select(dbm.Task).order_by(dbm.Task.id))]
 
     @app.get("/v1/admin/tasks/{task_id}")
     async def task_detail(task_id: Id, _: Admin) -> dict[str, Any]:

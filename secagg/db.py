@@ -210,6 +210,8 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # A finished (completed, failed or cancelled) task hidden from the task list.
+    ARCHIVED = "archived"
 
 
 class ProtocolMode(enum.StrEnum):
@@ -351,6 +353,7 @@ class Task(Base):
         CheckConstraint("completed_rounds >= 0", name="completed_rounds_nonnegative"),
         CheckConstraint("aborted_in_a_row >= 0", name="aborted_in_a_row_nonnegative"),
         CheckConstraint("max_aborted_rounds >= 1", name="max_aborted_rounds_positive"),
+        CheckConstraint("training_window_s > 0", name="training_window_positive"),
     )
 
     id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
@@ -376,6 +379,11 @@ class Task(Base):
     deadlines: Mapped[dict[str, float]] = mapped_column(_json())
     strategy: Mapped[dict[str, Any]] = mapped_column(_json())
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Seconds a selected client has to train and report ready (task setting).
+    training_window_s: Mapped[float] = mapped_column(Float, default=600.0)
+    # [{"name", "shape", "dtype"}] in flat-vector order, when the initial model
+    # had named tensors (a torch state_dict, safetensors); None for a flat vector.
+    model_layout: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     # Only completed rounds count towards ``rounds``; ``aborted_in_a_row``

@@ -65,7 +65,9 @@ def render_task(detail: dict[str, Any]) -> str:
             mark = " (current)" if v.get("is_current") else ""
             tags = f" tags {','.join(v['tags'])}" if v.get("tags") else ""
             lines.append(f"    v{v['version']}{mark}{tags} sha256 {v['sha256'][:16]}...")
-    quarantined = detail.get("quarantined") or []
-    if quarantined:
-        lines.append(f"  quarantined clients: {[q['client_id'] for q in quarantined]}")
+    for q in detail.get("quarantined") or []:
+        lines.append(
+            f"  quarantined: client {q['client_id']} since round {q['round_number']} "
+            f"({q['reason']})"
+        )
     return "\n".join(lines)

@@ -204,9 +204,7 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 
 def test_pause_resume_cancel_archive_over_http(tmp_path: Path) -> None:
-    app = create_app(
-        Settings(database_url=f"sqlite:///{tmp_path / 'a.db'}", admin_token="admin-x")
-    )
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'a.db'}", admin_token="admin-x"))
     auth = {"authorization": "Bearer admin-x"}
     coord = app.state.coordinator
     body = {

@@ -185,10 +185,21 @@ TokenOption = Annotated[
 ]
 TokenFileOption = Annotated[
     Path | None,
-    typer.Option("--token-file", help="file holding the admin token (mode 600)"),
+    typer.Option(
+        "--token-file",
+        envvar="SECAGG_ADMIN_TOKEN_FILE",
+        help="file holding the admin token (the server's admin_token_file, mode 600)",
+        show_envvar=True,
+    ),
 ]
 CaOption = Annotated[
-    Path | None, typer.Option("--ca", help="CA certificate to trust (e.g. a dev certificate)")
+    Path | None,
+    typer.Option(
+        "--ca",
+        envvar="SECAGG_CA",
+        help="CA certificate to trust (e.g. a dev certificate)",
+        show_envvar=True,
+    ),
 ]
 
 

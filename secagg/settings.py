@@ -24,16 +24,26 @@ class Settings(BaseSettings):
         default="sqlite:///secagg.db",
         description="SQLAlchemy URL; SQLite needs no set-up, e.g. postgresql+psycopg://...",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8443, ge=0, le=65535)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    host: str = Field(
+        default="127.0.0.1",
+        description="address to listen on (0.0.0.0 for every interface)",
+    )
+    port: int = Field(default=8443, ge=0, le=65535, description="TCP port to listen on")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="TLS certificate chain (PEM); with tls_key, the server speaks HTTPS",
+    )
+    tls_key: Path | None = Field(default=None, description="TLS private key (PEM)")
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for admin endpoints; if unset one is generated at start "
         "and written to admin_token_file",
     )
-    admin_token_file: Path = Path("secagg-admin-token")
+    admin_token_file: Path = Field(
+        default=Path("secagg-admin-token"),
+        description="where the generated admin token is kept (created once with mode 600 "
+        "and reused on restart; a file group or others can read is refused)",
+    )
     # -- transport limits (README "Service limits") --------------------------------
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -81,13 +91,24 @@ class Settings(BaseSettings):
         gt=0,
         description="how often request nonces older than the signature window are deleted",
     )
-    request_clock_skew_s: float = Field(default=300.0, gt=0)
-    long_poll_s: float = Field(default=20.0, gt=0, le=300)
+    request_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how far a signed request's timestamp may be from the server's clock",
+    )
+    long_poll_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="longest a long-poll (check-in, message fetch) is held open",
+    )
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
-    log_level: str = "info"
-    log_json: bool = True
+    log_level: str = Field(
+        default="info", description="debug, info, warning or error (also uvicorn's)"
+    )
+    log_json: bool = Field(default=True, description="one JSON object per log line")
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

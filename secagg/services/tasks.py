@@ -16,6 +16,9 @@ archive    completed, failed, cancelled           archived (hidden from the
                                                   task list by default)
 =========  =====================================  ===========================
 
+A runner without ``shutdown`` (the contract's abort entry point) is stopped
+instead: its running round then finishes before the runner sees the status.
+
 Repeating an action whose target status the task already has is a no-op that
 returns the task (a retried request after a lost response must not fail).
 Database work runs in a worker thread, never on the event loop.

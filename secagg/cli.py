@@ -475,7 +475,10 @@ def model_pull(
     version: Annotated[
         str, typer.Option("--version", help="current, a version number or a tag")
     ] = "current",
-    fmt: Annotated[str, typer.Option("--format", help="pt | safetensors | npy")] = "npy",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="pt | safetensors | npy (default: from the -o suffix)"),
+    ] = None,
     server: ServerOption = None,
     token: TokenOption = None,
     token_file: TokenFileOption = None,
@@ -484,6 +487,14 @@ def model_pull(
     """Download a model version (hash-checked) as a .pt / .safetensors state_dict or a .npy."""
     from secagg.model_files import ModelFileError, require_format, write_model_file
 
+    if fmt is None:
+        by_suffix = {".pt": "pt", ".pth": "pt", ".safetensors": "safetensors", ".npy": "npy"}
+        fmt = by_suffix.get(out.suffix.lower())
+        if fmt is None:
+            raise typer.BadParameter(
+                f"cannot tell the format from {out.name!r}: give --format pt|safetensors|npy",
+                param_hint="--format",
+            )
     if fmt not in ("pt", "safetensors", "npy"):
         raise typer.BadParameter("use pt, safetensors or npy", param_hint="--format")
     try:

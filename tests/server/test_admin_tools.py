@@ -237,6 +237,13 @@ def test_task_create_from_toml_and_pt_then_pull_every_format(
     for fmt, path in (("safetensors", st), ("npy", npy)):
         args = ["model", "pull", "--task", str(task_id), "--version", "1", "--format", fmt]
         assert main([*args, "-o", str(path), *auth]) == 0
+    inferred = tmp_path / "inferred.safetensors"  # no --format: from the suffix
+    assert main(["model", "pull", "--task", str(task_id), "-o", str(inferred), *auth]) == 0
+    assert inferred.read_bytes() == st.read_bytes()
+    capsys.readouterr()
+    unknown = ["model", "pull", "--task", str(task_id), "-o", str(tmp_path / "x.bin")]
+    assert main([*unknown, *auth]) == 2
+    assert "--format" in capsys.readouterr().err
     flat, _ = read_model_file(pt)
     assert np.array_equal(np.load(npy), flat)
     named = load_file(str(st))

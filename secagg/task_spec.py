@@ -244,7 +244,7 @@ class TaskView(BaseModel):
     model_layout: list[LayoutEntry] | None
 
     @classmethod
-    def from_row(cls, t: dbm.Task) -> TaskView:
+    def of(cls, t: dbm.Task) -> TaskView:
         return cls(
             id=t.id,
             name=t.name,

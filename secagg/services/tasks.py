@@ -172,7 +172,7 @@ def _create(host: TaskHost, req: TaskCreate) -> TaskView:
             s.add(task)
             s.flush()
             host.registry.create_initial(task.id, weights, session=s)
-            return TaskView.from_row(task)
+            return TaskView.of(task)
     except DbIntegrityError as exc:
         raise TaskError(409, "task_exists", f"a task named {req.name!r} exists") from exc
 
@@ -196,7 +196,7 @@ def _list(host: TaskHost, include_archived: bool) -> list[TaskView]:
     if not include_archived:
         query = query.where(dbm.Task.status != Status.ARCHIVED)
     with host.db.session() as s:
-        return [TaskView.from_row(t) for t in s.scalars(query)]
+        return [TaskView.of(t) for t in s.scalars(query)]
 
 
 async def list_tasks(host: TaskHost, include_archived: bool = False) -> list[TaskView]:
@@ -221,7 +221,7 @@ def _transition(
         if task is None:
             raise TaskError(404, "unknown_task", f"no task {task_id}")
         if task.status is target:
-            return TaskView.from_row(task), False
+            return TaskView.of(task), False
         if task.status not in allowed:
             raise TaskError(
                 409,
@@ -232,7 +232,7 @@ def _transition(
         task.status = target
         if also is not None:
             also(task)
-        return TaskView.from_row(task), True
+        return TaskView.of(task), True
 
 
 def _live_runner(host: TaskHost, task_id: int) -> TaskRunner | None:

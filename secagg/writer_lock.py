@@ -147,7 +147,7 @@ class PostgresWriterLock(WriterLock):
             url, options=replace(options, application_name=name, pool_size=1, max_overflow=0)
         )
         self.application_name = name
-        self.database = make_url(url).render_as_string(hide_password=True)
+        self.database = make_url(url).set(query={}).render_as_string(hide_password=True)
         self._on_lost, self._check_s = on_lost, check_s
         self._conn: Connection | None = None
         self._key: int | None = None
@@ -339,6 +339,7 @@ def acquire_writer_lock(
     check_s: float = 2.0,
     on_lost: OnLost | None = None,
     give_up_after_s: float | None = None,
+    on_wait: Callable[[str | None], None] | None = None,
 ) -> WriterLock | None:
     """Take the writer lock of ``url``, or refuse, or (``standby``) wait for it.
 
@@ -355,6 +356,8 @@ def acquire_writer_lock(
             :func:`exit_on_lost_lock`: log and exit the process at once).
         give_up_after_s: standby: raise ``WriterLockHeld`` after this long
             (None: wait for ever).
+        on_wait: standby: called with the holder (or None) after each failed
+            try, before sleeping (progress reports, tests).
 
     Returns:
         The held lock (release it after the server stopped), or None if the
@@ -397,6 +400,8 @@ def acquire_writer_lock(
                 holder or "an unknown holder",
             )
             announced = True
+        if on_wait is not None:
+            on_wait(holder)
         time.sleep(poll_s)
 
 
@@ -413,7 +418,7 @@ def exit_on_lost_lock(exc: BaseException) -> None:
         type(exc).__name__,
         " ".join(str(exc).split())[:300],
     )
-    for handler in logging.getLogger().handlers:
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("secagg").handlers]:
         with contextlib.suppress(Exception):  # exiting anyway
             handler.flush()
     sys.stderr.flush()

@@ -721,6 +721,9 @@ class DatabaseOptions:
         retry_attempts: default attempts of :meth:`Database.run`.
         retry_base_delay_s: first backoff of :meth:`Database.run`; doubles
             per attempt, with jitter.
+        retry_budget_s: :meth:`Database.run` starts no new attempt this long
+            after the first began: a failure that itself took long (a lock or
+            statement timeout) is answered at once instead of multiplied.
     """
 
     application_name: str | None = None
@@ -734,6 +737,7 @@ class DatabaseOptions:
     pool_timeout_s: float = 10.0
     retry_attempts: int = 3
     retry_base_delay_s: float = 0.05
+    retry_budget_s: float = 2.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -749,8 +753,8 @@ class DatabaseOptions:
                 raise ValueError(f"{name} must be in (0, 86400] seconds, got {value!r}")
         if self.pool_size < 1 or self.max_overflow < 0 or self.retry_attempts < 1:
             raise ValueError("pool_size and retry_attempts must be >= 1, max_overflow >= 0")
-        if self.retry_base_delay_s < 0:
-            raise ValueError("retry_base_delay_s must be >= 0")
+        if self.retry_base_delay_s < 0 or self.retry_budget_s < 0:
+            raise ValueError("retry_base_delay_s and retry_budget_s must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DatabaseOptions:
@@ -766,6 +770,7 @@ class DatabaseOptions:
             max_overflow=settings.db_max_overflow,
             pool_timeout_s=settings.db_pool_timeout_s,
             retry_attempts=settings.db_retry_attempts,
+            retry_budget_s=settings.db_retry_budget_s,
         )
 
     def resolved_application_name(self) -> str:
@@ -998,7 +1003,8 @@ class Database:
         Each attempt gets a fresh session (and so, after a dropped connection,
         a fresh pooled connection); between attempts the thread sleeps with
         exponential backoff and jitter (``options.retry_base_delay_s``,
-        doubling, capped at 1 s). Blocking: call from a worker thread.
+        doubling, capped at 1 s), and none starts after
+        ``options.retry_budget_s``. Blocking: call from a worker thread.
 
         Whether a failure may be retried depends on where it happened:
 
@@ -1030,6 +1036,7 @@ class Database:
         total = attempts if attempts is not None else self.options.retry_attempts
         if total < 1:
             raise ValueError("attempts must be >= 1")
+        started = time.monotonic()
         for attempt in range(1, total + 1):
             session = self.sessionmaker()
             committing = False
@@ -1047,9 +1054,11 @@ class Database:
                         f"{what}: the database failed during commit ({_summary(exc)}); "
                         "its outcome is unknown, so it was not retried"
                     ) from exc
-                if attempt == total:
+                delay = min(1.0, self.options.retry_base_delay_s * 2 ** (attempt - 1))
+                spent = time.monotonic() - started
+                if attempt == total or spent + delay > self.options.retry_budget_s:
                     raise DatabaseUnavailable(
-                        f"{what} failed {total} time(s): {_summary(exc)}"
+                        f"{what} failed {attempt} time(s) in {spent:.1f} s: {_summary(exc)}"
                     ) from exc
                 log.warning(
                     "%s: transient database failure, attempt %d of %d: %s",
@@ -1060,7 +1069,6 @@ class Database:
                 )
             finally:
                 session.close()
-            delay = min(1.0, self.options.retry_base_delay_s * 2 ** (attempt - 1))
             # Jitter spreads the retries of many requests that failed together
             # (one dropped pool); it is not secret material, so ``random`` is fine.
             time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311

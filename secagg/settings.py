@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         le=20,
         description="attempts of a retried transaction (authentication) on transient failures",
     )
+    db_retry_budget_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="no retry of a transaction starts this long after its first attempt "
+        "(a lock or statement timeout is answered with 503, not repeated)",
+    )
     db_retry_after_s: int = Field(
         default=2,
         ge=1,

@@ -199,6 +199,26 @@ def test_postgres_lock_and_statement_timeouts_are_transient(db_url: str) -> None
 
 
 @POSTGRES_ONLY
+@pytest.mark.parametrize(("budget", "runs"), [(0.1, 1), (30.0, 3)])
+def test_a_slow_failure_is_not_multiplied(db_url: str, budget: float, runs: int) -> None:
+    """No retry starts after retry_budget_s: a lock timeout is answered, not repeated."""
+    calls: list[int] = []
+
+    def count(s: Session) -> int:
+        calls.append(1)
+        return int(s.scalar(select(func.count(Client.id))) or 0)
+
+    db = open_db(db_url, lock_timeout_s=0.3, retry_budget_s=budget)
+    try:
+        with locked_tables(db_url, "clients"):
+            exc = raised(lambda: db.run(count, attempts=3, idempotent=True))
+    finally:
+        db.dispose()
+    assert isinstance(exc, DatabaseUnavailable)
+    assert len(calls) == runs
+
+
+@POSTGRES_ONLY
 def test_terminated_connection_is_transient_and_the_pool_recovers(
     db_url: str, pg_admin: psycopg.Connection[Any]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -352,3 +353,27 @@ def test_serve_exits_when_its_lock_connection_dies(
     again = Serve(tmp_path, db_url, f"{name}-again")
     servers.append(again)
     wait_for(again.healthy, 90, "a new server")
+
+
+@pytest.fixture
+def secagg_logger() -> Iterator[None]:
+    """Restore the "secagg" logger that ``serve`` configures."""
+    logger = logging.getLogger("secagg")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
+@pytest.mark.usefixtures("secagg_logger")
+def test_serve_says_when_the_database_cannot_be_reached(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from secagg.cli import main
+
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    assert main(["serve", "--database-url", url, "--admin-token", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the database to take its writer lock" in err

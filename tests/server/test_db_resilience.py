@@ -38,6 +38,7 @@ from secagg.db import (
     RequestNonce,
     is_transient,
 )
+from secagg.settings import Settings
 from tests.server.conftest import POSTGRES_CONNINFO
 from tests.server.helpers import ADMIN, running_server
 
@@ -543,3 +544,23 @@ def test_connections_terminated_during_traffic_give_no_500(
         assert Signer(url, 1, secret).get("/v1/tasks/1/models/current").status_code == 403
         assert admin_client(url).post("/v1/admin/tokens", json={}).status_code == 200
         print(f"terminated {killed} backends; answers {dict(statuses)}")
+
+
+def test_readme_documents_every_database_setting_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The database", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for row in (line for line in section.splitlines() if line.startswith("| `")):
+        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        documented[name.strip("`")] = default
+    defaults = Settings()
+    expected = {
+        name
+        for name in Settings.model_fields
+        if name.startswith("db_") and name != "db_application_name"
+    } | {"standby_poll_s", "writer_lock_check_s"}
+    assert set(documented) == expected
+    for name, default in documented.items():
+        assert float(default) == float(getattr(defaults, name)), name
+    # And the defaults are the ones the engine gets.
+    assert DatabaseOptions.from_settings(defaults) == DatabaseOptions()

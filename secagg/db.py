@@ -816,10 +816,10 @@ def _postgres_url_and_args(parsed: Any, options: DatabaseOptions) -> tuple[Any, 
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
+        "application_name": options.resolved_application_name()[:63],
     }
-    if "application_name" not in query:
-        args["application_name"] = options.resolved_application_name()[:63]
-    return url, args
+    # Connection parameters given in the URL win (connect_args would override them).
+    return url, {k: v for k, v in args.items() if k not in query}
 
 
 def make_engine(url: str, *, echo: bool = False, options: DatabaseOptions | None = None) -> Engine:

@@ -157,9 +157,9 @@ class Settings(BaseSettings):
     writer_lock_check_s: float = Field(
         default=2.0,
         gt=0,
-        le=60,
+        le=5,
         description="how often the PostgreSQL writer lock's connection is checked; if it is "
-        "gone the server exits (it may no longer be the only writer)",
+        "gone, or silent for 15 s, the server exits (it may no longer be the only writer)",
     )
     log_level: str = "info"
     log_json: bool = True

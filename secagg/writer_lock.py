@@ -127,6 +127,42 @@ def advisory_key(database: str, schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+LEASE_S = 15.0
+"""PostgreSQL: the holder gives the lock up (exits) when its session has not
+answered a heartbeat for this long. The database drops a silent session only
+after its server-side TCP keepalives fail (``_lock_url``: about 40 s), so a
+holder cut off from the database stops well before anyone else can take the
+lock and write."""
+
+
+def _lock_url(url: str) -> str:
+    """The server's URL with the lock connection's keepalive settings.
+
+    Client side (libpq), a dead peer is noticed fast: keepalives from 5 s of
+    silence, and ``tcp_user_timeout`` fails a heartbeat whose bytes stay
+    unacknowledged for 10 s. Server side, PostgreSQL probes the idle session
+    after 20 s, 4 probes 5 s apart (``tcp_keepalives_*``, about 40 s), so the
+    database releases the lock of a vanished holder within a minute, and never
+    before the holder's own ``LEASE_S`` ran out.
+    """
+    parsed = make_url(url)
+    query = dict(parsed.query)
+    existing = query.get("options", "")
+    if isinstance(existing, tuple):
+        existing = " ".join(existing)
+    server_side = "-c tcp_keepalives_idle=20 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=4"
+    client_side = {
+        "keepalives": "1",
+        "keepalives_idle": "5",
+        "keepalives_interval": "2",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "10000",
+    }
+    return parsed.update_query_dict(
+        {**client_side, "options": f"{server_side} {existing}".strip()}
+    ).render_as_string(hide_password=False)
+
+
 class PostgresWriterLock(WriterLock):
     """A session advisory lock on a dedicated connection (see the module docstring).
 
@@ -137,23 +173,39 @@ class PostgresWriterLock(WriterLock):
         on_lost: called once, from the watch thread, if the lock's connection
             fails while held.
         check_s: how often the held connection is checked.
+        lease_s: give the lock up if no check succeeded for this long.
     """
 
+    #: The heartbeat statement (a test may make it hang).
+    HEARTBEAT_SQL = "SELECT 1"
+
     def __init__(
-        self, url: str, options: DatabaseOptions, *, on_lost: OnLost, check_s: float = 2.0
+        self,
+        url: str,
+        options: DatabaseOptions,
+        *,
+        on_lost: OnLost,
+        check_s: float = 2.0,
+        lease_s: float = LEASE_S,
     ) -> None:
+        if not 0 < check_s < lease_s:
+            raise ValueError(f"check_s must be in (0, lease_s={lease_s}), got {check_s}")
         name = f"{options.resolved_application_name()}/writer"[:63]
         self._engine: Engine = make_engine(
-            url, options=replace(options, application_name=name, pool_size=1, max_overflow=0)
+            _lock_url(url),
+            options=replace(options, application_name=name, pool_size=1, max_overflow=0),
         )
         self.application_name = name
         self.database = make_url(url).set(query={}).render_as_string(hide_password=True)
-        self._on_lost, self._check_s = on_lost, check_s
+        self._on_lost, self._check_s, self._lease_s = on_lost, check_s, lease_s
         self._conn: Connection | None = None
         self._key: int | None = None
         self._io = threading.Lock()  # the connection is used by one thread at a time
         self._stop = threading.Event()
-        self._watch: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._last_ok = time.monotonic()
+        self._lost = False
+        self._lost_guard = threading.Lock()
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -187,10 +239,13 @@ class PostgresWriterLock(WriterLock):
                 raise
         if held:
             self._stop.clear()
-            self._watch = threading.Thread(
-                target=self._watch_loop, name="writer-lock-watch", daemon=True
-            )
-            self._watch.start()
+            self._last_ok = time.monotonic()
+            self._threads = [
+                threading.Thread(target=loop, name=f"writer-lock-{what}", daemon=True)
+                for loop, what in ((self._heartbeat_loop, "heartbeat"), (self._lease_loop, "lease"))
+            ]
+            for thread in self._threads:
+                thread.start()
         return held
 
     def holder(self) -> str | None:
@@ -224,25 +279,43 @@ class PostgresWriterLock(WriterLock):
         where = f" from {addr}" if addr else " (local socket)"
         return f"PostgreSQL backend {pid}, application_name {app!r}{where}, since {since}"
 
-    def _watch_loop(self) -> None:
+    def _lose(self, exc: BaseException) -> None:
+        with self._lost_guard:
+            if self._lost or self._stop.is_set():
+                return
+            self._lost = True
+        self._on_lost(exc)
+
+    def _heartbeat_loop(self) -> None:
+        """Ask the lock's session for a sign of life every ``check_s``."""
         while not self._stop.wait(self._check_s):
             try:
                 with self._io:
                     if self._stop.is_set():
                         return
                     assert self._conn is not None
-                    self._conn.execute(text("SELECT 1")).scalar_one()
+                    self._conn.execute(text(self.HEARTBEAT_SQL)).scalar_one()
+                self._last_ok = time.monotonic()
             except Exception as exc:
-                if self._stop.is_set():
-                    return
-                self._on_lost(exc)
+                self._lose(exc)
+                return
+
+    def _lease_loop(self) -> None:
+        """Fire if no heartbeat succeeded for ``lease_s`` (a hung, not a failed, connection)."""
+        while not self._stop.wait(min(self._check_s, self._lease_s / 4)):
+            silent = time.monotonic() - self._last_ok
+            if silent > self._lease_s:
+                self._lose(
+                    TimeoutError(f"the writer lock's session has not answered for {silent:.1f} s")
+                )
                 return
 
     def release(self) -> None:
         self._stop.set()
-        watch, self._watch = self._watch, None
-        if watch is not None and watch is not threading.current_thread():
-            watch.join(timeout=self._check_s + 30)
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=self._lease_s + 30)
         with self._io:
             if self._conn is not None and self._key is not None:
                 try:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from secagg.db import (
     ABORT_SERVER_RESTART,
@@ -377,3 +377,44 @@ def test_serve_says_when_the_database_cannot_be_reached(
     assert main(["serve", "--database-url", url, "--admin-token", "x"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the database to take its writer lock" in err
+
+
+@POSTGRES_ONLY
+def test_a_silent_lock_connection_is_given_up_after_the_lease(db_url: str) -> None:
+    """A heartbeat that hangs (a network cut looks like this) loses the lock after
+    lease_s, long before the database's own keepalives would drop the session."""
+    lost = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_lost(exc: BaseException) -> None:
+        errors.append(exc)
+        lost.set()
+
+    lock = PostgresWriterLock(
+        db_url,
+        DatabaseOptions(application_name=f"t-{uuid.uuid4().hex[:20]}", statement_timeout_s=4),
+        on_lost=on_lost,
+        check_s=0.2,
+        lease_s=1.0,
+    )
+    assert lock.try_acquire()
+    try:
+        conn = lock._conn
+        assert conn is not None
+        shown = {
+            name: conn.execute(text(f"SHOW {name}")).scalar_one()
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+        assert shown == {
+            "tcp_keepalives_idle": "20",
+            "tcp_keepalives_interval": "5",
+            "tcp_keepalives_count": "4",
+        }
+        assert not lost.wait(0.6)  # heartbeats answer: still held
+        lock.HEARTBEAT_SQL = "SELECT pg_sleep(3)"
+        assert lost.wait(30), "a silent lock connection was kept"
+        assert isinstance(errors[0], TimeoutError)
+        assert len(errors) == 1
+    finally:
+        lock.release()
+    assert len(errors) == 1  # the late heartbeat failure is not reported again

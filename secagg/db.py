@@ -1138,12 +1138,16 @@ def purge_nonces(db: Database, older_than: datetime) -> int:
     Safe only if requests older than ``older_than`` are refused anyway (the
     authentication layer's timestamp window), otherwise they become replayable.
     """
-    with db.session() as session:
+
+    def purge(session: Session) -> int:
         result = cast(
             CursorResult[Any],
             session.execute(delete(RequestNonce).where(RequestNonce.seen_at < older_than)),
         )
         return result.rowcount
+
+    # Idempotent: a repeated delete removes nothing more (the count may then be 0).
+    return db.run(purge, idempotent=True, what="nonce purge")
 
 
 def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[int]:
@@ -1161,10 +1165,15 @@ def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[i
         now: the abort time (default: ``utcnow()``).
 
     Returns:
-        The ids of the rounds aborted, ascending.
+        The ids of the rounds aborted, ascending (after a retried commit, those
+        of the last attempt).
+
+    Raises:
+        DatabaseUnavailable: the database failed transiently on every attempt.
     """
     finished_at = now or utcnow()
-    with db.session() as session:
+
+    def mark(session: Session) -> list[int]:
         ids = list(
             session.scalars(
                 select(Round.id)
@@ -1185,3 +1194,7 @@ def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[i
                 .execution_options(synchronize_session=False)
             )
         return ids
+
+    # Idempotent (a repeat finds no running round), so a start-up racing a
+    # database blip retries instead of failing.
+    return db.run(mark, idempotent=True, what="marking interrupted rounds")

@@ -13,10 +13,13 @@ lock before anything touches rounds, and holds it until it exits:
   different schemas of one database (or parallel test schemas) do not
   collide. The database releases it when that session ends, whatever killed
   the process. The connection is checked every ``writer_lock_check_s``; if
-  it is gone, the lock may be gone with it and another server may already
-  be writing, so the holder fails closed: it logs and exits at once
-  (``EXIT_WRITER_LOCK_LOST``) without another database write. Its rounds are
-  then marked interrupted by whoever starts next.
+  a check fails, or none succeeds for ``LEASE_S`` (a silent network cut),
+  the lock may be gone and another server may soon be writing, so the
+  holder fails closed: it logs and exits at once (``EXIT_WRITER_LOCK_LOST``)
+  without another database write. Its rounds are then marked interrupted by
+  whoever starts next. A session lock needs a real session: connect
+  directly, or through a pooler in session mode (not PgBouncer's
+  transaction mode).
 * SQLite file: an exclusive ``flock`` on ``<database file>.lock``, released
   by the kernel when the process dies. The file keeps the holder's pid, host
   and start time, so a refused server can name it. The file is never

@@ -138,8 +138,8 @@ holder cut off from the database stops well before anyone else can take the
 lock and write."""
 
 
-def _lock_url(url: str) -> str:
-    """The server's URL with the lock connection's keepalive settings.
+def _lock_url(url: str, application_name: str) -> str:
+    """The server's URL with the lock connection's name and keepalive settings.
 
     Client side (libpq), a dead peer is noticed fast: keepalives from 5 s of
     silence, and ``tcp_user_timeout`` fails a heartbeat whose bytes stay
@@ -162,7 +162,11 @@ def _lock_url(url: str) -> str:
         "tcp_user_timeout": "10000",
     }
     return parsed.update_query_dict(
-        {**client_side, "options": f"{server_side} {existing}".strip()}
+        {
+            **client_side,
+            "application_name": application_name,
+            "options": f"{server_side} {existing}".strip(),
+        }
     ).render_as_string(hide_password=False)
 
 
@@ -172,7 +176,8 @@ class PostgresWriterLock(WriterLock):
     Args:
         url: the server's database URL (its ``search_path`` picks the schema).
         options: the server's database options; the lock's connection adds
-            ``/writer`` to their ``application_name``.
+            ``/writer`` to the server's ``application_name`` (the URL's, if it
+            names one).
         on_lost: called once, from the watch thread, if the lock's connection
             fails while held.
         check_s: how often the held connection is checked.
@@ -193,9 +198,11 @@ class PostgresWriterLock(WriterLock):
     ) -> None:
         if not 0 < check_s < lease_s:
             raise ValueError(f"check_s must be in (0, lease_s={lease_s}), got {check_s}")
-        name = f"{options.resolved_application_name()}/writer"[:63]
+        in_url = make_url(url).query.get("application_name")
+        base = in_url if isinstance(in_url, str) else options.resolved_application_name()
+        name = f"{base[:56]}/writer"
         self._engine: Engine = make_engine(
-            _lock_url(url),
+            _lock_url(url, name),
             options=replace(options, application_name=name, pool_size=1, max_overflow=0),
         )
         self.application_name = name

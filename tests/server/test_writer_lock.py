@@ -418,3 +418,26 @@ def test_a_silent_lock_connection_is_given_up_after_the_lease(db_url: str) -> No
     finally:
         lock.release()
     assert len(errors) == 1  # the late heartbeat failure is not reported again
+
+
+@POSTGRES_ONLY
+def test_an_application_name_in_the_url_names_the_pool_and_the_lock(db_url: str) -> None:
+    name = f"named-{uuid.uuid4().hex[:12]}"
+    url = f"{db_url}&application_name={name}"
+    lock = acquire(url)
+    assert isinstance(lock, PostgresWriterLock)
+    db = Database.from_url(url, create=False)
+    try:
+        with db.session() as s:
+            assert s.execute(text("SHOW application_name")).scalar_one() == name
+        assert db.application_name == name
+        with psycopg.connect(POSTGRES_CONNINFO, connect_timeout=2, autocommit=True) as admin:
+            (holder,) = admin.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.application_name LIKE %s",
+                (name + "%",),
+            ).fetchone() or (None,)
+        assert holder == f"{name}/writer" == lock.application_name
+    finally:
+        db.dispose()
+        lock.release()

@@ -148,8 +148,9 @@ def run(stall_s: float, workers: int, admin_reads: bool) -> dict[str, Any]:
         time.sleep(2.0)  # baseline traffic
         locker = psycopg.connect(CONNINFO)
         locker.execute(f'SET search_path TO "{schema}"')
-        locker.execute("LOCK TABLE clients, tasks, enrolment_tokens IN ACCESS EXCLUSIVE MODE")
+        # The stall begins when the lock is requested: requests queue behind it at once.
         phase[0] = "stall"
+        locker.execute("LOCK TABLE clients, tasks, enrolment_tokens IN ACCESS EXCLUSIVE MODE")
         time.sleep(stall_s)
         phase[0] = "after"
         released_at.append(time.monotonic())

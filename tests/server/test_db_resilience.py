@@ -564,3 +564,34 @@ def test_readme_documents_every_database_setting_with_its_default() -> None:
         assert float(default) == float(getattr(defaults, name)), name
     # And the defaults are the ones the engine gets.
     assert DatabaseOptions.from_settings(defaults) == DatabaseOptions()
+
+
+def test_sqlite_write_lock_held_elsewhere_gives_typed_503s(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock: writers get 503 after
+    busy_timeout (readers go on, WAL), and everything works once it lets go."""
+    path = tmp_path / "secagg.db"
+    db = open_db(f"sqlite:///{path}")
+    secret = add_client(db, 1)
+    db.dispose()
+    with running_server(tmp_path, database_url=f"sqlite:///{path}", db_busy_timeout_s=0.3) as url:
+        signer = Signer(url, 1, secret)
+        admin = admin_client(url)
+        path_ = "/v1/tasks/1/models/current"
+        assert signer.get(path_).json()["error"] == "not_eligible"
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            assert_database_unavailable(signer.get(path_))  # the nonce is a write
+            assert_database_unavailable(admin.post("/v1/admin/tokens", json={}))
+            assert admin.get("/v1/admin/tasks").status_code == 200  # a read is not blocked
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert signer.get(path_).json()["error"] == "not_eligible"
+        assert admin.post("/v1/admin/tokens", json={}).status_code == 200
+    db = open_db(f"sqlite:///{path}")
+    try:
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(RequestNonce)) == 2
+    finally:
+        db.dispose()

@@ -437,8 +437,10 @@ def test_a_stalled_database_gives_typed_503s_and_healthz_stays_live(
     db = open_db(db_url)
     secret = add_client(db, 1)
     db.dispose()
+    # A 2 s lock timeout: a handler blocking the event loop on the database
+    # would freeze /healthz at least that long, well past the 1.5 s bound below.
     with running_server(
-        tmp_path, database_url=db_url, db_application_name=name, db_lock_timeout_s=0.5
+        tmp_path, database_url=db_url, db_application_name=name, db_lock_timeout_s=2.0
     ) as url:
         signer = Signer(url, 1, secret)
         admin = admin_client(url)
@@ -475,7 +477,7 @@ def test_a_stalled_database_gives_typed_503s_and_healthz_stays_live(
             poller.join(timeout=30)
         assert_database_unavailable(results["signed"])
         assert_database_unavailable(results["admin"])
-        assert latencies and max(latencies) < 1.0, f"/healthz max {max(latencies):.3f} s"
+        assert latencies and max(latencies) < 1.5, f"/healthz max {max(latencies):.3f} s"
         # The database is back: the same requests work.
         assert signer.get(path).json()["error"] == "not_eligible"
         assert admin.post("/v1/admin/tokens", json={}).status_code == 200
@@ -539,7 +541,7 @@ def test_connections_terminated_during_traffic_give_no_500(
             t.join(timeout=60)
         assert not bad, bad
         assert killed > 0
-        assert sum(statuses.values()) > 20, statuses
+        assert sum(statuses.values()) > 8, statuses
         # Every kind of request works again at once.
         assert Signer(url, 1, secret).get("/v1/tasks/1/models/current").status_code == 403
         assert admin_client(url).post("/v1/admin/tokens", json={}).status_code == 200

@@ -392,10 +392,10 @@ def test_a_silent_lock_connection_is_given_up_after_the_lease(db_url: str) -> No
 
     lock = PostgresWriterLock(
         db_url,
-        DatabaseOptions(application_name=f"t-{uuid.uuid4().hex[:20]}", statement_timeout_s=4),
+        DatabaseOptions(application_name=f"t-{uuid.uuid4().hex[:20]}", statement_timeout_s=8),
         on_lost=on_lost,
         check_s=0.2,
-        lease_s=1.0,
+        lease_s=2.0,
     )
     assert lock.try_acquire()
     try:
@@ -411,7 +411,7 @@ def test_a_silent_lock_connection_is_given_up_after_the_lease(db_url: str) -> No
             "tcp_keepalives_count": "4",
         }
         assert not lost.wait(0.6)  # heartbeats answer: still held
-        lock.HEARTBEAT_SQL = "SELECT pg_sleep(3)"
+        lock.HEARTBEAT_SQL = "SELECT pg_sleep(6)"  # silent for longer than the lease
         assert lost.wait(30), "a silent lock connection was kept"
         assert isinstance(errors[0], TimeoutError)
         assert len(errors) == 1

@@ -255,14 +255,24 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", exists=True)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", exists=True)] = None,
     admin_token: Annotated[str | None, typer.Option("--admin-token")] = None,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="if another server is the database's writer, wait and take over when it "
+            "stops (default: refuse to start)",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Run the aggregation server."""
-    import uvicorn
+    """Run the aggregation server (the only writer of its database: see secagg/writer_lock.py).
 
-    from secagg.app import create_app
-    from secagg.limits import ConnectionLimits, guarded_h11_protocol
+    Exit status 3: another server holds the database's writer lock; 4: the lock
+    was lost while serving (the server stops at once, without further writes).
+    """
+    from secagg.db import DatabaseOptions, is_transient
     from secagg.logs import configure_logging
+    from secagg.writer_lock import EXIT_WRITER_LOCK_HELD, WriterLockHeld, acquire_writer_lock
 
     settings = _settings(
         config,
@@ -272,11 +282,43 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         admin_token=admin_token,
+        standby=standby or None,
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     configure_logging(settings.log_level, settings.log_json)
+    # The writer lock comes first: nothing may touch the database's rounds (the
+    # app marks running ones interrupted at start) while another server runs them.
+    try:
+        writer_lock = acquire_writer_lock(
+            settings.database_url,
+            DatabaseOptions.from_settings(settings),
+            standby=settings.standby,
+            poll_s=settings.standby_poll_s,
+            check_s=settings.writer_lock_check_s,
+        )
+    except WriterLockHeld as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_WRITER_LOCK_HELD) from exc
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        typer.echo(f"error: cannot reach the database to take its writer lock: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        _serve_locked(settings)
+    finally:
+        if writer_lock is not None:
+            writer_lock.release()
+
+
+def _serve_locked(settings: Any) -> None:
+    """Build the application and run uvicorn until it stops (the writer lock is held)."""
+    import uvicorn
+
     from secagg.admin_token import AdminTokenError
+    from secagg.app import create_app
+    from secagg.limits import ConnectionLimits, guarded_h11_protocol
 
     try:
         application = create_app(settings)

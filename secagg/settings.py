@@ -105,6 +105,81 @@ class Settings(BaseSettings):
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
+    # -- database: timeouts, pool, retries (secagg/db.py DatabaseOptions) ----------
+    db_lock_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL lock_timeout: a statement waiting this long for a lock fails "
+        "(the request gets 503 database_unavailable) instead of holding a worker",
+    )
+    db_statement_timeout_s: float = Field(
+        default=30.0, gt=0, le=86400, description="PostgreSQL statement_timeout"
+    )
+    db_idle_in_transaction_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="PostgreSQL idle_in_transaction_session_timeout: a transaction left open "
+        "this long is ended by the database, releasing its locks",
+    )
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="longest wait for a new PostgreSQL connection"
+    )
+    db_busy_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600, description="SQLite: longest wait for the write lock"
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=1000, description="pooled connections")
+    db_max_overflow: int = Field(
+        default=10, ge=0, le=1000, description="connections opened beyond the pool under load"
+    )
+    db_pool_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="longest wait for a free pooled connection (then 503 database_unavailable)",
+    )
+    db_retry_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="attempts of a retried transaction (authentication) on transient failures",
+    )
+    db_retry_budget_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="no retry of a transaction starts this long after its first attempt "
+        "(a lock or statement timeout is answered with 503, not repeated)",
+    )
+    db_retry_after_s: int = Field(
+        default=2,
+        ge=1,
+        le=3600,
+        description="Retry-After of a 503 database_unavailable answer",
+    )
+    db_application_name: str | None = Field(
+        default=None,
+        max_length=50,
+        description="PostgreSQL application_name of the server's connections (default "
+        "secagg-<pid>); the writer lock's connection adds '/writer'",
+    )
+    # -- single writer (secagg/writer_lock.py) --------------------------------------
+    standby: bool = Field(
+        default=False,
+        description="if another server holds the database's writer lock, wait and take over "
+        "when it is released, instead of refusing to start",
+    )
+    standby_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often a standby tries the writer lock"
+    )
+    writer_lock_check_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=5,
+        description="how often the PostgreSQL writer lock's connection is checked; if it is "
+        "gone, or silent for 15 s, the server exits (it may no longer be the only writer)",
+    )
     log_level: str = Field(
         default="info", description="debug, info, warning or error (also uvicorn's)"
     )

@@ -32,6 +32,7 @@ from secagg.api import admin, client, public, tasks
 from secagg.api.errors import ERROR_RESPONSES, ApiError, error_response
 from secagg.auth import AuthError
 from secagg.coordinator import Coordinator
+from secagg.dberrors import install_database_error_handlers
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from secagg.services.tasks import TaskError
 from secagg.settings import Settings
@@ -44,7 +45,7 @@ _MESSAGES_PATH = re.compile(r"/v1/rounds/[0-9]{1,19}/messages")
 
 def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     """The service's ASGI application over ``db`` (default: ``settings.database_url``)."""
-    database = db or dbm.Database.from_url(settings.database_url)
+    database = db or dbm.Database.from_settings(settings)
     coord = Coordinator(settings, database)
 
     @asynccontextmanager
@@ -80,6 +81,9 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     @app.exception_handler(BodyTooLarge)
     async def _body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         return error_response(413, "body_too_large", str(exc.detail))
+
+    # Transient database failures: 503 database_unavailable + Retry-After, never a 500.
+    install_database_error_handlers(app, settings.db_retry_after_s)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -39,4 +39,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {**_ERR, "description": "Body larger than the configured limit"},
     415: {**_ERR, "description": "Wrong content type"},
     422: {**_ERR, "description": "Fields that fail validation"},
+    503: {**_ERR, "description": "Database unavailable (database_unavailable); see Retry-After"},
 }

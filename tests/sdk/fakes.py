@@ -1,0 +1,144 @@
+"""Fakes for the SDK's resilience tests: a manual clock and scripted HTTP answers.
+
+Time never really passes in these tests: the transport's ``clock`` and
+``sleep`` are a :class:`FakeClock`, so a ten-minute retry budget runs in
+milliseconds and the assertions hold on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from client_sdk.client import Client, ClientPolicy, RetryPolicy
+from client_sdk.identity import Identity
+from client_sdk.models import FunctionModel
+from client_sdk.transport import SignedTransport, Signer
+from protocol.transport import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
+
+URL = "https://server.test"
+TASK = 1
+EPOCH = 1_800_000_000.0
+
+
+@dataclass
+class FakeClock:
+    """Monotonic time that moves only when slept on (or advanced by a handler)."""
+
+    now: float = 0.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return EPOCH + self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    @property
+    def slept(self) -> float:
+        return sum(self.sleeps)
+
+
+class MaxJitter(random.Random):
+    """Full jitter that always draws the top of its range: waits equal the caps."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@dataclass
+class Scripted:
+    """An HTTP handler that records every request and answers from ``handler``."""
+
+    handler: Handler
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(
+            Recorded(
+                request.method, request.url.raw_path.decode(), request.read(), dict(request.headers)
+            )
+        )
+        return self.handler(request)
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
+
+
+def identity() -> Identity:
+    return Identity.generate().with_enrolment(7, URL)
+
+
+def make_client(
+    handler: Handler,
+    *,
+    retry: RetryPolicy | None = None,
+    fake: FakeClock | None = None,
+    jitter: random.Random | None = None,
+    ident: Identity | None = None,
+) -> tuple[Client, Scripted, FakeClock]:
+    """A Client whose transport talks to ``handler`` on a fake clock."""
+    fake = fake or FakeClock()
+    ident = ident or identity()
+    w = {"w": np.zeros(4, np.float32)}
+    client = Client(
+        URL,
+        ident,
+        FunctionModel(lambda: w["w"].copy(), lambda v: w.__setitem__("w", np.asarray(v))),
+        lambda m: 1,
+        task_id=TASK,
+        policy=ClientPolicy(require_certified_identities=False),
+    )
+    scripted = Scripted(handler)
+    assert ident.client_id is not None
+    client._transport = SignedTransport(
+        httpx.Client(base_url=URL, transport=httpx.MockTransport(scripted)),
+        Signer(ident.client_id, ident.secret),
+        retry or RetryPolicy(),
+        clock=fake.clock,
+        sleep=fake.sleep,
+        wall_clock=fake.wall,
+        rng=jitter or MaxJitter(),
+    )
+    client._transport.observer = client._observe
+    return client, scripted, fake
+
+
+def signature_ok(ident: Identity, r: Recorded) -> bool:
+    """True if ``r`` carries a valid signature of ``ident`` over what was sent."""
+    assert ident.client_id is not None
+    return verify_request(
+        ident.public_key,
+        bytes.fromhex(r.headers[HEADER_SIGNATURE]),
+        ident.client_id,
+        r.method,
+        r.path,
+        int(r.headers[HEADER_TIMESTAMP]),
+        r.headers[HEADER_NONCE],
+        r.body,
+    )
+
+
+def refused(code_status: int, code: str, detail: str = "", **extra: object) -> httpx.Response:
+    """A typed error answer ``{"error": code, "detail": detail, **extra}``."""
+    return httpx.Response(code_status, json={"error": code, "detail": detail or code, **extra})

@@ -413,7 +413,7 @@ class Client:
                 sent, received = self._transport.bytes_sent, self._transport.bytes_received
                 started = clock()
                 try:
-                    outcome = self.participate()
+                    outcome = self._participate_typed()
                 except TaskFinished as exc:
                     log.info(
                         "client %d: task %d is over (%s): %s; %d round(s) joined",
@@ -465,6 +465,19 @@ class Client:
         finally:
             self._transport.stop = None
         return outcomes
+
+    def _participate_typed(self) -> RoundOutcome | None:
+        """:meth:`participate`, with the task-level refusals typed whoever raised them."""
+        try:
+            return self.participate()
+        except TaskPaused:
+            raise
+        except RequestRefused as exc:
+            if exc.code == "task_finished":
+                raise TaskFinished("finished", exc.detail) from exc
+            if exc.code == "task_paused":
+                raise TaskPaused(exc.detail) from exc
+            raise
 
     def _idle(self, idle_since: float, idle_timeout_s: float | None) -> bool:
         if idle_timeout_s is None or self._transport.clock() - idle_since <= idle_timeout_s:

@@ -232,3 +232,20 @@ def test_rounds_stop_and_idle_timeout_still_end_the_loop() -> None:
     client, _, _ = make_client(stalled, fake=fake)
     assert client.run(stop=lambda: fake.now > 3.0) == []
     assert 3.0 < fake.now <= 3.25 and stalled.checkins == 3  # waits of 0.5, 1, 2 (cut)
+
+
+def test_task_refusals_raised_untyped_by_the_round_code_are_still_understood() -> None:
+    # participate() may raise the raw RequestRefused for a 409/410 it saw itself.
+    fake = FakeClock()
+    client, _, _ = make_client(Server([]), fake=fake)
+    raised = [
+        RequestRefused(409, "task_paused", "paused"),
+        RequestRefused(410, "task_finished", "done"),
+    ]
+
+    def participate() -> RoundOutcome | None:
+        raise raised.pop(0)
+
+    client.participate = participate  # type: ignore[method-assign]
+    assert client.run() == []
+    assert raised == [] and fake.sleeps == [0.5]

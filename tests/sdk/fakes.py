@@ -7,9 +7,15 @@ milliseconds and the assertions hold on a loaded machine.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,6 +24,7 @@ from client_sdk.client import Client, ClientPolicy, RetryPolicy
 from client_sdk.identity import Identity
 from client_sdk.models import FunctionModel
 from client_sdk.transport import SignedTransport, Signer
+from protocol.crypto.x509 import self_signed_certificate
 from protocol.transport import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
 
 URL = "https://server.test"
@@ -142,3 +149,57 @@ def signature_ok(ident: Identity, r: Recorded) -> bool:
 def refused(code_status: int, code: str, detail: str = "", **extra: object) -> httpx.Response:
     """A typed error answer ``{"error": code, "detail": detail, **extra}``."""
     return httpx.Response(code_status, json={"error": code, "detail": detail or code, **extra})
+
+
+class _Enrol(BaseHTTPRequestHandler):
+    hits: list[str]
+    hangups: list[int]  # how many requests are still to be cut without an answer
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length", "0"))
+        self.rfile.read(length)
+        self.hits.append(self.path)
+        if self.hangups[0] > 0:  # a server dying mid-request: no status line at all
+            self.hangups[0] -= 1
+            self.close_connection = True
+            return
+        body = json.dumps({"client_id": 42}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+
+@contextmanager
+def https_server(
+    tmp_path: Path, hosts: list[str], port: int = 0, *, tls: bool = True, hangups: int = 0
+) -> Iterator[tuple[int, Path, list[str]]]:
+    """A real HTTP(S) server on 127.0.0.1 (``port``, 0: any free one) whose
+    certificate names ``hosts``; yields (port, certificate file, paths posted).
+
+    Every POST is answered 200 ``{"client_id": 42}`` (an enrolment answer),
+    except the first ``hangups``, whose connection is closed without an answer.
+    """
+    cert, key = self_signed_certificate(hosts)
+    cert_file, key_file = tmp_path / f"cert-{hosts[0]}.pem", tmp_path / f"key-{hosts[0]}.pem"
+    cert_file.write_bytes(cert)
+    key_file.write_bytes(key)
+    hits: list[str] = []
+    handler = type("Handler", (_Enrol,), {"hits": hits, "hangups": [hangups]})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], cert_file, hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -7,12 +7,6 @@ client side: the error classification depends on how they nest exceptions.
 
 from __future__ import annotations
 
-import json
-import ssl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,51 +14,9 @@ import pytest
 
 from client_sdk.client import Client, RetryPolicy, TrustError, enrol
 from client_sdk.identity import Identity
-from protocol.crypto.x509 import self_signed_certificate
-from tests.sdk.fakes import FakeClock
+from tests.sdk.fakes import FakeClock, https_server
 
 MODEL = [np.zeros(4, np.float32)]
-
-
-class _Enrol(BaseHTTPRequestHandler):
-    hits: list[str]
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length", "0"))
-        self.rfile.read(length)
-        self.hits.append(self.path)
-        body = json.dumps({"client_id": 42}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet
-        pass
-
-
-@contextmanager
-def https_server(tmp_path: Path, hosts: list[str]) -> Iterator[tuple[int, Path, list[str]]]:
-    """An HTTPS server on 127.0.0.1 whose certificate names ``hosts``; yields (port, cert, hits)."""
-    cert, key = self_signed_certificate(hosts)
-    cert_file, key_file = tmp_path / f"cert-{hosts[0]}.pem", tmp_path / f"key-{hosts[0]}.pem"
-    cert_file.write_bytes(cert)
-    key_file.write_bytes(key)
-    hits: list[str] = []
-    handler = type("Handler", (_Enrol,), {"hits": hits})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], cert_file, hits
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _client(url: str, verify: bool | str, fake: FakeClock) -> Client:

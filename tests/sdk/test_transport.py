@@ -204,7 +204,7 @@ def test_retry_policy_caps_and_validation() -> None:
         {"give_up_after_s": float("inf")},
     ):
         with pytest.raises(ValueError, match="RetryPolicy"):
-            RetryPolicy(**bad)  # type: ignore[arg-type]
+            RetryPolicy(**bad)
 
 
 def test_bytes_are_counted_per_attempt() -> None:

@@ -18,7 +18,8 @@ Embedding it in an existing PyTorch loop::
         return EvalSums(correct, count, loss_sum)
 
     client = Client("https://server:8443", identity, net, train_fn=train,
-                    eval_fn=evaluate, task_id=1, verify="ca.pem")
+                    eval_fn=evaluate, task_id=1, verify="ca.pem",
+                    retry=RetryPolicy(give_up_after_s=1800))  # optional: ride out 30 min
     outcomes = client.run()                           # returns when the task is over
 
 ``train_fn`` and ``eval_fn`` receive the :class:`~client_sdk.models.FlatModel`

@@ -73,7 +73,11 @@ class RetryPolicy:
     that one more attempt is made at that moment).
 
     The defaults ride out a server restart or an outage of up to ten minutes,
-    with at most 30 s between attempts once the backoff has grown.
+    with at most 30 s between attempts once the backoff has grown. Each
+    attempt is itself bounded by the HTTP client's timeout (``Client``'s
+    ``timeout_s``), so a request fails at the latest ``give_up_after_s``
+    plus one timeout after its first failure. ``Client.run()`` also uses
+    the policy's backoff between check-ins while a task is paused.
 
     Attributes:
         initial_delay_s: the backoff cap after the first failure (> 0).

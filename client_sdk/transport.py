@@ -73,7 +73,7 @@ class RetryPolicy:
     that one more attempt is made at that moment).
 
     The defaults ride out a server restart or an outage of up to ten minutes,
-    with at most 30 s between attempts once the backoff has grown. Each
+    with at most 10 s between attempts once the backoff has grown. Each
     attempt is itself bounded by the HTTP client's timeout (``Client``'s
     ``timeout_s``), so a request fails at the latest ``give_up_after_s``
     plus one timeout after its first failure. ``Client.run()`` also uses
@@ -89,7 +89,7 @@ class RetryPolicy:
 
     initial_delay_s: float = 0.5
     multiplier: float = 2.0
-    max_delay_s: float = 30.0
+    max_delay_s: float = 10.0
     give_up_after_s: float = 600.0
 
     def __post_init__(self) -> None:

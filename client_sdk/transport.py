@@ -312,6 +312,7 @@ class SignedTransport:
                 if cert is not None:
                     raise _trust_error(self.http.base_url.join(path), cert) from exc
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                unreachable = True
             except httpx.TransportError as exc:  # UnsupportedProtocol, LocalProtocolError, ...
                 raise ClientError(
                     f"cannot send {method} {path} to {self.http.base_url}: {exc} "
@@ -326,6 +327,7 @@ class SignedTransport:
                 if response.status_code < 500 and response.status_code != 429:
                     return response
                 failure = _failure_text(response)
+                unreachable = False
                 retry_after = _retry_after(response, self.wall_clock())
             now = self.clock()
             if first_failure is None:
@@ -341,8 +343,9 @@ class SignedTransport:
                     elapsed,
                     failure,
                 )
+                what = "cannot reach" if unreachable else "no usable answer from"
                 raise ServerUnreachable(
-                    f"cannot reach {self.http.base_url} ({method} {path}): {failure}; gave "
+                    f"{what} {self.http.base_url} ({method} {path}): {failure}; gave "
                     f"up after {attempt} attempt(s) over {elapsed:.1f} s "
                     f"(RetryPolicy.give_up_after_s={policy.give_up_after_s:g})"
                 )

@@ -364,6 +364,12 @@ class Client:
         """Close the HTTP connections (the client cannot be used afterwards)."""
         self._transport.close()
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- the loop -------------------------------------------------------------------
 
     def run(

@@ -249,3 +249,10 @@ def test_task_refusals_raised_untyped_by_the_round_code_are_still_understood() -
     client.participate = participate  # type: ignore[method-assign]
     assert client.run() == []
     assert raised == [] and fake.sleeps == [0.5]
+
+
+def test_the_client_closes_its_connections_as_a_context_manager() -> None:
+    client, _, _ = make_client(Server([]))
+    with client as same:
+        assert same is client and not client._http.is_closed
+    assert client._http.is_closed

@@ -215,6 +215,10 @@ class _RoundProgress:
                 self._reached = max(self._reached, _PROGRESS.index(reached))
 
 
+# Seconds to establish a connection (TCP and TLS) before the attempt counts as failed.
+CONNECT_TIMEOUT_S = 15.0
+
+
 class Client:
     """One federated client. See the module docstring."""
 
@@ -252,7 +256,8 @@ class Client:
             verify: ``True`` (system CAs), a CA certificate file, or ``False``.
             policy: what sessions this client accepts (defaults: the safe ones).
             fault: fault injection for tests (see ``FaultFn``).
-            timeout_s: per-attempt HTTP timeout; must exceed the server's long polls.
+            timeout_s: per-attempt HTTP read/write timeout; must exceed the
+                server's long polls. Connecting is bounded by ``CONNECT_TIMEOUT_S``.
             roster_scope: the scope the authority's roster must carry
                 (default ``task/<task_id>``).
             roster_min_serial: refuse rosters with a lower serial.
@@ -290,7 +295,11 @@ class Client:
         self.ledger = ledger
         self.fault = fault
         http = httpx.Client(
-            base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
+            base_url=server_url.rstrip("/"),
+            verify=tls_verify(verify),
+            # A connection (TCP and TLS handshake) that takes longer than this is
+            # retried rather than waited for: a host that is down drops SYNs.
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
         )
         self._transport = SignedTransport(
             http, Signer(self.client_id, identity.secret), retry or RetryPolicy()

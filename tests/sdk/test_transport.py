@@ -7,9 +7,17 @@ import random
 from collections.abc import Callable
 
 import httpx
+import numpy as np
 import pytest
 
-from client_sdk.client import RequestRefused, RetryPolicy, ServerUnreachable, Stopped
+from client_sdk.client import (
+    CONNECT_TIMEOUT_S,
+    Client,
+    RequestRefused,
+    RetryPolicy,
+    ServerUnreachable,
+    Stopped,
+)
 from client_sdk.transport import STOP_POLL_S
 from protocol.transport import HEADER_NONCE, HEADER_TIMESTAMP
 from tests.sdk.fakes import EPOCH, MaxJitter, identity, make_client, refused, signature_ok
@@ -213,3 +221,12 @@ def test_bytes_are_counted_per_attempt() -> None:
     client._request("POST", "/v1/rounds/3/messages", b"y" * 7)
     # The failed attempt never reached the server: one body counted each way.
     assert (client._transport.bytes_sent, client._transport.bytes_received) == (7, 10)
+
+
+def test_connecting_is_bounded_apart_from_the_long_poll_timeout() -> None:
+    ident = identity()
+    model = [np.zeros(2, np.float32)]
+    slow = Client("http://127.0.0.1:9", ident, model, lambda m: 1, task_id=1, timeout_s=60)
+    assert (slow._http.timeout.connect, slow._http.timeout.read) == (CONNECT_TIMEOUT_S, 60)
+    fast = Client("http://127.0.0.1:9", ident, model, lambda m: 1, task_id=1, timeout_s=5)
+    assert (fast._http.timeout.connect, fast._http.timeout.read) == (5, 5)

@@ -294,9 +294,11 @@ class Client:
             ledger = ContributionLedger(path)
         self.ledger = ledger
         self.fault = fault
+        # Kept for connections made beside the transport (the heartbeat's own).
+        self._tls, self._timeout_s = tls_verify(verify), timeout_s
         http = httpx.Client(
             base_url=server_url.rstrip("/"),
-            verify=tls_verify(verify),
+            verify=self._tls,
             # A connection (TCP and TLS handshake) that takes longer than this is
             # retried rather than waited for: a host that is down drops SYNs.
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),

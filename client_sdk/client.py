@@ -402,8 +402,9 @@ class Client:
             rounds: return after this many rounds were joined (any outcome).
             stop: asked before every check-in and during every wait between
                 attempts; the loop returns as soon as it is true.
-            idle_timeout_s: return when no round was assigned for this long
-                (204 or a paused task).
+            idle_timeout_s: return when the server answered without a round
+                (204 or a paused task) for this long; time the server was
+                unreachable does not count (the retry policy bounds that).
 
         Returns:
             The outcomes, in order. The loop also returns normally when the
@@ -419,7 +420,7 @@ class Client:
         """
         clock = self._transport.clock
         outcomes: list[RoundOutcome] = []
-        idle_since = clock()
+        idle_since = self._idle_clock()
         paused = 0  # consecutive task_paused answers: the backoff grows with them
         self._transport.stop = stop
         try:
@@ -471,7 +472,7 @@ class Client:
                     if self._idle(idle_since, idle_timeout_s):
                         break
                     continue
-                idle_since = clock()
+                idle_since = self._idle_clock()
                 outcomes.append(outcome)
                 self._log_round(
                     outcome,
@@ -498,7 +499,13 @@ class Client:
             raise
 
     def _idle(self, idle_since: float, idle_timeout_s: float | None) -> bool:
-        if idle_timeout_s is None or self._transport.clock() - idle_since <= idle_timeout_s:
+        """Whether the server has answered without a round for ``idle_timeout_s``.
+
+        ``idle_since`` is on the outage-free clock (:meth:`_idle_clock`): time
+        the server was unreachable is the retry policy's business, not idleness,
+        so a server restart does not make an idle timeout fire.
+        """
+        if idle_timeout_s is None or self._idle_clock() - idle_since <= idle_timeout_s:
             return False
         log.info(
             "client %d: no round for task %d in %.0f s (idle_timeout_s), returning",
@@ -507,6 +514,10 @@ class Client:
             idle_timeout_s,
         )
         return True
+
+    def _idle_clock(self) -> float:
+        """The transport's clock minus the time spent riding out outages."""
+        return self._transport.clock() - self._transport.outage_s
 
     def _log_round(self, outcome: RoundOutcome, sent: int, received: int) -> None:
         """The one INFO line per round: round, stage reached, bytes, seconds, outcome."""

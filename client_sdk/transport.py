@@ -262,6 +262,9 @@ class SignedTransport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.retries = 0
+        # Seconds spent between the start of a first failed attempt and the
+        # answer that ended the failures (an outage ridden out), all requests.
+        self.outage_s = 0.0
 
     def request(
         self,
@@ -298,6 +301,7 @@ class SignedTransport:
         attempt = 0
         while True:
             attempt += 1
+            started = self.clock()
             headers: dict[str, str] = {}
             if self.signer is not None:
                 # Re-signed on every attempt: the server accepts a nonce only once.
@@ -325,13 +329,16 @@ class SignedTransport:
                 if self.observer is not None:
                     self.observer(method, path, body, response)
                 if response.status_code < 500 and response.status_code != 429:
+                    if first_failure is not None:
+                        with self._lock:
+                            self.outage_s += self.clock() - first_failure
                     return response
                 failure = _failure_text(response)
                 unreachable = False
                 retry_after = _retry_after(response, self.wall_clock())
             now = self.clock()
             if first_failure is None:
-                first_failure = now
+                first_failure = started  # the budget counts the failed attempt itself
             elapsed = now - first_failure
             remaining = policy.give_up_after_s - elapsed
             if remaining <= 0:

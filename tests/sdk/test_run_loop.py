@@ -256,3 +256,27 @@ def test_the_client_closes_its_connections_as_a_context_manager() -> None:
     with client as same:
         assert same is client and not client._http.is_closed
     assert client._http.is_closed
+
+
+def test_an_outage_does_not_count_as_idle_time() -> None:
+    # Check-ins long-poll 10 s each; a 60 s outage after the first round is ridden
+    # out by the retries and must not fire a 25 s idle timeout on its own.
+    fake = FakeClock()
+    down = [httpx.ConnectError] * 12
+    server = Server([assignment(1), *down, httpx.Response(204), assignment(2)], fake=fake)
+    server.checkin_s = 0.0
+    client, _, _ = make_client(server, fake=fake)
+    scripted_rounds(client, ["completed", "completed"])
+    outcomes = client.run(idle_timeout_s=25.0)
+    assert fake.slept > 25.0  # the outage outlasted the idle timeout
+    assert [o.round_number for o in outcomes] == [1, 2]
+    assert client._transport.outage_s == pytest.approx(fake.slept)
+
+    # The same idle timeout fires when the server answers 204s that long.
+    fake = FakeClock()
+    idle = Server([assignment(1), *(httpx.Response(204) for _ in range(10))], fake=fake)
+    idle.checkin_s = 10.0
+    client, _, _ = make_client(idle, fake=fake)
+    scripted_rounds(client, ["completed"])
+    assert [o.round_number for o in client.run(idle_timeout_s=25.0)] == [1]
+    assert idle.checkins == 4  # the round, then 204s at 20, 30, 40 s: 30 s > 25 s idle

@@ -1,13 +1,44 @@
 """The training-side client: check in, train, take part in secure aggregation, repeat.
 
-Embedding it in an existing loop::
+Embedding it in an existing PyTorch loop::
 
-    identity = Identity.load("client.key")            # from `secagg-client enrol`
-    client = Client("https://server:8443", identity, model,
-                    train_fn=lambda m: train_one_epoch(m, loader),   # returns #examples
-                    eval_fn=lambda m: evaluate(m, test_loader),      # EvalSums
-                    task_id=1, verify="ca.pem")
-    client.run()
+    from client_sdk.client import Client, RetryPolicy
+    from client_sdk.identity import Identity
+    from client_sdk.models import TorchModel
+    from protocol.encoding import EvalSums
+
+    net = MyNet()                                     # any torch.nn.Module
+    identity = Identity.load("client.key")            # from `secagg client enrol`
+
+    def train(m: TorchModel) -> int:                  # m wraps net: m.module is net
+        return train_one_epoch(m.module, loader)      # returns the number of examples
+
+    def evaluate(m: TorchModel) -> EvalSums:          # on the round's base model
+        correct, count, loss_sum = run_eval(m.module, test_loader)
+        return EvalSums(correct, count, loss_sum)
+
+    client = Client("https://server:8443", identity, net, train_fn=train,
+                    eval_fn=evaluate, task_id=1, verify="ca.pem",
+                    retry=RetryPolicy(give_up_after_s=1800))  # optional: ride out 30 min
+    outcomes = client.run()                           # returns when the task is over
+
+``train_fn`` and ``eval_fn`` receive the :class:`~client_sdk.models.FlatModel`
+the client made of ``model`` (:func:`~client_sdk.models.as_flat_model`: a
+:class:`~client_sdk.models.TorchModel` for an ``nn.Module``, whose ``.module``
+is the module itself), with the round's base weights already loaded. Since
+the module is updated in place, closing over ``net`` works as well.
+
+:meth:`Client.run` keeps taking part in rounds until the server says the task
+is over (410 ``task_finished``). A round the client missed, was dropped from
+or that aborted leads to the next check-in; a paused task (409
+``task_paused``) is checked again with backoff; connection losses and 5xx
+answers are retried under a :class:`~client_sdk.transport.RetryPolicy`, so a
+server restart of a few minutes goes unnoticed. What cannot be retried
+raises a typed :class:`~client_sdk.errors.ClientError`: ``TrustError`` (fix
+the CA file or the host name), ``ServerUnreachable`` (the retry budget ran
+out), ``RequestRefused`` (e.g. 404 ``unknown_task``), ``PolicyViolation``.
+Each round is logged at INFO on the ``secagg.client`` logger: round, stage
+reached, bytes, seconds and outcome.
 
 The client refuses sessions its :class:`ClientPolicy` does not accept (spec
 §4.7) and, through its contribution ledger (``<identity file>.ledger``), a
@@ -16,11 +47,11 @@ second masked input on a base model version it already contributed to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
-import os
-import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +61,21 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from client_sdk.errors import ClientError as ClientError
+from client_sdk.errors import PolicyViolation as PolicyViolation
+from client_sdk.errors import RequestRefused as RequestRefused
+from client_sdk.errors import ServerUnreachable as ServerUnreachable
+from client_sdk.errors import Stopped as Stopped
+from client_sdk.errors import TaskFinished as TaskFinished
+from client_sdk.errors import TaskPaused as TaskPaused
+from client_sdk.errors import TrustError as TrustError
 from client_sdk.identity import Identity
 from client_sdk.ledger import ContributionLedger, ledger_path_for
 from client_sdk.models import FlatModel, as_flat_model
-from protocol import ClientSession, Mode, Round, SessionConfig, SystemRandom
+from client_sdk.transport import RetryPolicy as RetryPolicy
+from client_sdk.transport import SignedTransport, Signer, json_body
+from client_sdk.transport import tls_verify as tls_verify
+from protocol import ClientSession, MessageType, Mode, Round, SessionConfig, SystemRandom
 from protocol.authority import (
     CertificationError,
     PinnedAuthority,
@@ -45,7 +87,7 @@ from protocol.authority import (
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
 from protocol.errors import ConfigError, DecodeError, SecAggError
 from protocol.policy import DEFAULT_MIN_PARTICIPANTS, PolicyError, SessionPolicy, check_session
-from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
+from protocol.transport import CBOR_MEDIA_TYPE, session_context
 
 log = logging.getLogger("secagg.client")
 
@@ -54,31 +96,6 @@ EvalFn = Callable[[FlatModel], EvalSums]
 # Called at each stage with (round number, stage); returning True makes the
 # client stop answering in that stage, as if it had crashed (fault injection).
 FaultFn = Callable[[int, Round], bool]
-
-
-def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
-    """``True``/``False``, or a CA certificate file to trust (e.g. a dev certificate)."""
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
-
-
-class ClientError(Exception):
-    """Something the operator of this client must fix; the message says what."""
-
-
-class ServerUnreachable(ClientError):
-    pass
-
-
-class RequestRefused(ClientError):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"server refused ({status} {code}): {detail}")
-        self.status, self.code, self.detail = status, code, detail
-
-
-class PolicyViolation(ClientError):
-    """The server proposed a session this client's policy does not accept."""
 
 
 RESUBMISSION_WARNING = (
@@ -145,6 +162,63 @@ class RoundOutcome:
     seconds: float = 0.0
 
 
+# The stage a client has reached once the server accepted its message of this type.
+_STAGE_OF_MESSAGE: dict[int, Round] = {
+    MessageType.ADVERTISE_KEYS: Round.R0_ADVERTISE_KEYS,
+    MessageType.SHARE_KEYS: Round.R1_SHARE_KEYS,
+    MessageType.MASKED_INPUT: Round.R2_MASKED_INPUT_COLLECTION,
+    MessageType.CONSISTENCY_SIGNATURE: Round.R3_CONSISTENCY_CHECK,
+    MessageType.UNMASK_RESPONSE: Round.R4_UNMASKING,
+}
+# Stages in the order a round goes through them (service-v1: check-in, training,
+# ready, session formed, then the protocol's R0..R4).
+_PROGRESS = ("none", "assigned", "ready", "session", *(r.value for r in _STAGE_OF_MESSAGE.values()))
+
+
+class _RoundProgress:
+    """How far the current round got, as seen on the wire (for the round's log line).
+
+    Derived from the answers the server gave (an accepted check-in, ready,
+    session and protocol messages), so it holds whatever path the round code took.
+    """
+
+    def __init__(self) -> None:
+        self.round_number: int | None = None
+        self._reached = 0
+        self._lock = threading.Lock()
+
+    @property
+    def stage(self) -> str:
+        """The furthest stage reached: ``none``, ``assigned``, ``ready``,
+        ``session`` or the Round of the last protocol message the server accepted."""
+        return _PROGRESS[self._reached]
+
+    def note(self, method: str, path: str, body: bytes, response: httpx.Response) -> None:
+        if not 200 <= response.status_code < 300:
+            return
+        reached: str | None = None
+        if method == "POST" and path.endswith("/checkin") and response.status_code == 200:
+            reached = "assigned"
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.round_number = int(response.json()["round_number"])
+        elif method == "POST" and path.endswith("/ready"):
+            reached = "ready"
+        elif method == "GET" and path.endswith("/session") and response.status_code == 200:
+            reached = "session"
+        elif method == "POST" and path.endswith("/messages") and len(body) > 1:
+            # A canonical message starts with its CBOR array head, then its type
+            # as a one-byte unsigned integer (protocol/messages.py _prefix).
+            stage = _STAGE_OF_MESSAGE.get(body[1])
+            reached = stage.value if stage is not None else None
+        if reached is not None:
+            with self._lock:
+                self._reached = max(self._reached, _PROGRESS.index(reached))
+
+
+# Seconds to establish a connection (TCP and TLS) before the attempt counts as failed.
+CONNECT_TIMEOUT_S = 15.0
+
+
 class Client:
     """One federated client. See the module docstring."""
 
@@ -164,9 +238,39 @@ class Client:
         roster_scope: str | None = None,
         roster_min_serial: int = 0,
         ledger: ContributionLedger | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        """``ledger`` defaults to ``<identity file>.ledger`` when the identity was
-        loaded from (or saved to) a file, else to a ledger kept in memory."""
+        """Create a client; nothing is sent until :meth:`run` or :meth:`participate`.
+
+        Args:
+            server_url: the server's base URL, e.g. ``https://host:8443``.
+            identity: an enrolled identity (:func:`enrol`, ``secagg client enrol``).
+            model: a :class:`~client_sdk.models.FlatModel`, a ``torch.nn.Module``
+                or a list/dict of numpy arrays (:func:`~client_sdk.models.as_flat_model`).
+            train_fn: trains the model in place on local data and returns the
+                number of examples used (the client's weight in the mean).
+                Called with the FlatModel, base weights loaded.
+            eval_fn: evaluates the base model on local data (``EvalSums``);
+                None sends zero sums.
+            task_id: the task to take part in.
+            verify: ``True`` (system CAs), a CA certificate file, or ``False``.
+            policy: what sessions this client accepts (defaults: the safe ones).
+            fault: fault injection for tests (see ``FaultFn``).
+            timeout_s: per-attempt HTTP read/write timeout; must exceed the
+                server's long polls. Connecting is bounded by ``CONNECT_TIMEOUT_S``.
+            roster_scope: the scope the authority's roster must carry
+                (default ``task/<task_id>``).
+            roster_min_serial: refuse rosters with a lower serial.
+            ledger: the contribution ledger; defaults to ``<identity
+                file>.ledger`` when the identity was loaded from (or saved to)
+                a file, else to a ledger kept in memory.
+            retry: how connection losses and 5xx answers are retried
+                (default: :class:`RetryPolicy`'s, about ten minutes).
+
+        Raises:
+            ClientError: the identity is not enrolled or the policy is invalid.
+            TrustError: the CA file given as ``verify`` cannot be used.
+        """
         if identity.client_id is None:
             raise ClientError("identity is not enrolled: enrol it with a token first")
         self.identity = identity
@@ -190,9 +294,20 @@ class Client:
             ledger = ContributionLedger(path)
         self.ledger = ledger
         self.fault = fault
-        self._http = httpx.Client(
-            base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
+        # Kept for connections made beside the transport (the heartbeat's own).
+        self._tls, self._timeout_s = tls_verify(verify), timeout_s
+        http = httpx.Client(
+            base_url=server_url.rstrip("/"),
+            verify=self._tls,
+            # A connection (TCP and TLS handshake) that takes longer than this is
+            # retried rather than waited for: a host that is down drops SYNs.
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
         )
+        self._transport = SignedTransport(
+            http, Signer(self.client_id, identity.secret), retry or RetryPolicy()
+        )
+        self._transport.observer = self._observe
+        self._progress = _RoundProgress()
         self._rng = SystemRandom()
         self._cache: tuple[int, npt.NDArray[np.float32]] | None = None
         # Called with each assignment before training (e.g. to seed per round).
@@ -200,35 +315,71 @@ class Client:
 
     # -- HTTP ---------------------------------------------------------------------
 
+    @property
+    def _http(self) -> httpx.Client:
+        """The HTTP client under the signing transport (tests swap in a fake server)."""
+        return self._transport.http
+
+    @_http.setter
+    def _http(self, http: httpx.Client) -> None:
+        self._transport.http = http
+
     def _request(
-        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
     ) -> httpx.Response:
-        headers = sign_request(
-            self.identity.secret,
-            self.client_id,
-            method,
-            path,
-            int(time.time()),
-            os.urandom(16).hex(),
-            body,
-        )
-        if content_type:
-            headers["content-type"] = content_type
+        """Send a signed request through the retrying transport; type refusals.
+
+        Returns:
+            The answer for a 2xx/3xx, and for a 410 other than
+            ``task_finished`` (e.g. ``round_over``: the round's code decides).
+
+        Raises:
+            TaskFinished: 410 ``task_finished`` (the task is over).
+            TaskPaused: 409 ``task_paused``.
+            RequestRefused: any other 4xx.
+            TrustError, ServerUnreachable, Stopped: from the transport
+                (:meth:`SignedTransport.request`).
+        """
+        response = self._transport.request(method, path, body, content_type, retry=retry)
+        status = response.status_code
+        if status < 400:
+            return response
         try:
-            response = self._http.request(method, path, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(f"cannot reach {self._http.base_url}: {exc}") from exc
-        if response.status_code >= 400 and response.status_code != 410:
-            try:
-                err = response.json()
-                code, detail = str(err.get("error")), str(err.get("detail"))
-            except ValueError:
-                code, detail = "http_error", response.text[:200]
-            raise RequestRefused(response.status_code, code, detail)
-        return response
+            err = response.json()
+            if not isinstance(err, dict):
+                raise ValueError("not a JSON object")
+            code, detail = str(err.get("error")), str(err.get("detail"))
+        except ValueError:
+            code, detail = "http_error", response.text[:200]
+            err = {}
+        if status == 410 and code == "task_finished":
+            raise TaskFinished(str(err.get("status", "finished")), detail)
+        if status == 410:
+            return response
+        if status == 409 and code == "task_paused":
+            retry_after = response.headers.get("retry-after", "")
+            raise TaskPaused(detail, float(retry_after) if retry_after.isdigit() else None)
+        raise RequestRefused(status, code, detail)
+
+    def _observe(self, method: str, path: str, body: bytes, response: httpx.Response) -> None:
+        """Note how far the current round got, from what the server accepted."""
+        self._progress.note(method, path, body, response)
 
     def close(self) -> None:
-        self._http.close()
+        """Close the HTTP connections (the client cannot be used afterwards)."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -239,26 +390,150 @@ class Client:
         stop: Callable[[], bool] | None = None,
         idle_timeout_s: float | None = None,
     ) -> list[RoundOutcome]:
-        """Keep participating until ``rounds`` rounds were joined, ``stop()`` is true,
-        the task is over (404/410), or no round came for ``idle_timeout_s``."""
+        """Take part in rounds until the task is over; return what happened in each.
+
+        Each assignment ends in one :class:`RoundOutcome` (``completed``,
+        ``aborted`` or ``dropped``); none ends the loop: the client checks in
+        again. A paused task (409 ``task_paused``) is checked again with the
+        retry policy's backoff (or the server's ``Retry-After``). Connection
+        losses and 5xx answers are retried inside each request.
+
+        Args:
+            rounds: return after this many rounds were joined (any outcome).
+            stop: asked before every check-in and during every wait between
+                attempts; the loop returns as soon as it is true.
+            idle_timeout_s: return when the server answered without a round
+                (204 or a paused task) for this long; time the server was
+                unreachable does not count (the retry policy bounds that).
+
+        Returns:
+            The outcomes, in order. The loop also returns normally when the
+            server says the task is over (410 ``task_finished``).
+
+        Raises:
+            RequestRefused: a 4xx the loop cannot carry on from, e.g. 404
+                ``unknown_task`` (a wrong ``task_id``) or 401/403 (identity
+                not enrolled with this server).
+            ServerUnreachable: the retry budget of one request ran out.
+            TrustError: the server's certificate is not trusted.
+            PolicyViolation: the server proposed a session the policy refuses.
+        """
+        clock = self._transport.clock
         outcomes: list[RoundOutcome] = []
-        idle_since = time.monotonic()
-        while rounds is None or len(outcomes) < rounds:
-            if stop is not None and stop():
-                break
-            try:
-                outcome = self.participate()
-            except RequestRefused as exc:
-                if exc.status == 404:  # the task finished or is unknown
+        idle_since = self._idle_clock()
+        paused = 0  # consecutive task_paused answers: the backoff grows with them
+        self._transport.stop = stop
+        try:
+            while rounds is None or len(outcomes) < rounds:
+                if stop is not None and stop():
+                    log.info("client %d: stopped by stop()", self.client_id)
                     break
-                raise
-            if outcome is None:
-                if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                self._progress = _RoundProgress()
+                sent, received = self._transport.bytes_sent, self._transport.bytes_received
+                started = clock()
+                try:
+                    outcome = self._participate_typed()
+                except TaskFinished as exc:
+                    log.info(
+                        "client %d: task %d is over (%s): %s; %d round(s) joined",
+                        self.client_id,
+                        self.task_id,
+                        exc.status,
+                        exc.detail,
+                        len(outcomes),
+                    )
                     break
-                continue
-            idle_since = time.monotonic()
-            outcomes.append(outcome)
+                except TaskPaused as exc:
+                    paused += 1
+                    if self._idle(idle_since, idle_timeout_s):
+                        break
+                    delay = exc.retry_after_s
+                    if delay is None:
+                        delay = self._transport.retry.delay(paused, self._transport.rng)
+                    log.info(
+                        "client %d: task %d is paused (%s); checking in again in %.1f s",
+                        self.client_id,
+                        self.task_id,
+                        exc.detail,
+                        delay,
+                    )
+                    self._transport.wait(delay)
+                    continue
+                except RequestRefused as exc:
+                    number = self._progress.round_number
+                    # A 409/410 after an assignment: this client came too late for
+                    # a stage or the round ended under it; it is dropped from this
+                    # round and checks in for the next one.
+                    if number is None or exc.status not in (409, 410):
+                        raise
+                    outcome = RoundOutcome(number, "dropped", exc.code, seconds=clock() - started)
+                paused = 0
+                if outcome is None:  # not selected before the long poll ended
+                    if self._idle(idle_since, idle_timeout_s):
+                        break
+                    continue
+                idle_since = self._idle_clock()
+                outcomes.append(outcome)
+                self._log_round(
+                    outcome,
+                    self._transport.bytes_sent - sent,
+                    self._transport.bytes_received - received,
+                )
+        except Stopped:
+            log.info("client %d: stopped by stop()", self.client_id)
+        finally:
+            self._transport.stop = None
         return outcomes
+
+    def _participate_typed(self) -> RoundOutcome | None:
+        """:meth:`participate`, with the task-level refusals typed whoever raised them."""
+        try:
+            return self.participate()
+        except TaskPaused:
+            raise
+        except RequestRefused as exc:
+            if exc.code == "task_finished":
+                raise TaskFinished("finished", exc.detail) from exc
+            if exc.code == "task_paused":
+                raise TaskPaused(exc.detail) from exc
+            raise
+
+    def _idle(self, idle_since: float, idle_timeout_s: float | None) -> bool:
+        """Whether the server has answered without a round for ``idle_timeout_s``.
+
+        ``idle_since`` is on the outage-free clock (:meth:`_idle_clock`): time
+        the server was unreachable is the retry policy's business, not idleness,
+        so a server restart does not make an idle timeout fire.
+        """
+        if idle_timeout_s is None or self._idle_clock() - idle_since <= idle_timeout_s:
+            return False
+        log.info(
+            "client %d: no round for task %d in %.0f s (idle_timeout_s), returning",
+            self.client_id,
+            self.task_id,
+            idle_timeout_s,
+        )
+        return True
+
+    def _idle_clock(self) -> float:
+        """The transport's clock minus the time spent riding out outages."""
+        return self._transport.clock() - self._transport.outage_s
+
+    def _log_round(self, outcome: RoundOutcome, sent: int, received: int) -> None:
+        """The one INFO line per round: round, stage reached, bytes, seconds, outcome."""
+        reason = f" ({outcome.abort_reason})" if outcome.abort_reason else ""
+        log.info(
+            "client %d: task %d round %d %s%s; stage reached %s; sent %d B, received %d B; %.1f s",
+            self.client_id,
+            self.task_id,
+            outcome.round_number,
+            outcome.state,
+            reason,
+            self._progress.stage,
+            sent,
+            received,
+            outcome.seconds,
+        )
 
     def participate(self) -> RoundOutcome | None:
         """Check in once; if selected, run the round. None if not selected this time."""
@@ -497,28 +772,55 @@ def enrol(
     name: str = "",
     verify: bool | str = True,
     authority_key: bytes | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_s: float = 30.0,
 ) -> Identity:
     """Enrol an identity (a new one by default) with a one-time token.
 
-    ``authority_key``: the task authority's public key to pin (obtained out of
-    band from the project administrator, never from the server).
+    Args:
+        server_url: the server's base URL, e.g. ``https://host:8443``.
+        token: the one-time enrolment token from the administrator.
+        identity: the identity to enrol; a new one by default.
+        name: a name for this client, shown to the administrator.
+        verify: ``True`` (system CAs), a CA certificate file, or ``False``.
+        authority_key: the task authority's public key to pin (obtained out
+            of band from the project administrator, never from the server).
+        retry: how transient failures are retried; by default not at all
+            (one attempt), since enrolment is interactive. The token is used
+            once: a retry after a lost answer may be refused as already used.
+        timeout_s: the HTTP timeout.
+
+    Returns:
+        The identity, enrolled: it carries the client id the server assigned.
+
+    Raises:
+        ServerUnreachable: the server could not be reached.
+        TrustError: the server's TLS certificate is not trusted (CA file or
+            host name: the message says which).
+        RequestRefused: the server refused the token or the key.
     """
     identity = identity or Identity.generate()
     if authority_key is not None:
         identity = identity.with_authority(authority_key)
+    body = json_body({"token": token, "public_key": identity.public_key.hex(), "name": name})
+    http = httpx.Client(
+        base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
+    )
+    transport = SignedTransport(http, None, retry or RetryPolicy.never())
     try:
-        response = httpx.post(
-            f"{server_url.rstrip('/')}/v1/enrol",
-            verify=tls_verify(verify),
-            timeout=30,
-            json={"token": token, "public_key": identity.public_key.hex(), "name": name},
-        )
-    except httpx.TransportError as exc:
-        raise ServerUnreachable(f"cannot reach {server_url}: {exc}") from exc
+        response = transport.request("POST", "/v1/enrol", body, "application/json")
+    finally:
+        transport.close()
     if response.status_code != 200:
         try:
             err = response.json()
+            if not isinstance(err, dict):
+                raise ValueError("not a JSON object")
         except ValueError:
             err = {"error": "http_error", "detail": response.text[:200]}
         raise RequestRefused(response.status_code, str(err.get("error")), str(err.get("detail")))
-    return identity.with_enrolment(int(response.json()["client_id"]), server_url)
+    try:
+        client_id = int(response.json()["client_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClientError(f"the server's enrolment answer has no client id: {exc}") from exc
+    return identity.with_enrolment(client_id, server_url)

@@ -44,8 +44,19 @@ from secagg.auth import (
     verify_body,
 )
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
-from secagg.orchestrator import TaskRunner, check_task_parameters
+from secagg.orchestrator import (
+    SERVER_SHUTDOWN,
+    LifecycleError,
+    Liveness,
+    LiveRound,
+    TaskRunner,
+    check_task_parameters,
+    stored_outcome,
+    task_unavailable,
+)
 from secagg.registry import ModelRegistry, RegistryError, VersionNotFound
+from secagg.round_plan import DEFAULT_TRAINING_WINDOW_S
+from secagg.round_store import RoundStore
 from secagg.settings import Settings
 
 log = logging.getLogger("secagg.app")
@@ -69,6 +80,8 @@ class Coordinator:
     def __init__(self, settings: Settings, db: dbm.Database) -> None:
         self.settings, self.db = settings, db
         self.registry = ModelRegistry(db)
+        self.store = RoundStore(db, self.registry)
+        self.liveness = Liveness(settings.heartbeat_s, settings.liveness_timeout_s)
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
@@ -82,7 +95,14 @@ class Coordinator:
     def start_runner(self, task_id: int) -> None:
         if task_id in self._tasks and not self._tasks[task_id].done():
             return
-        runner = TaskRunner(self.db, self.registry, task_id, events=self.event)
+        runner = TaskRunner(
+            self.db,
+            self.registry,
+            task_id,
+            events=self.event,
+            liveness=self.liveness,
+            store=self.store,
+        )
         self.runners[task_id] = runner
         self._tasks[task_id] = asyncio.get_running_loop().create_task(runner.run())
 
@@ -98,17 +118,33 @@ class Coordinator:
             self.start_runner(task_id)
 
     async def stop(self) -> None:
-        for runner in self.runners.values():
-            runner.stop()
+        # Running rounds are closed (server_shutdown) and recorded before exit.
+        await asyncio.gather(
+            *(r.shutdown(SERVER_SHUTDOWN) for r in self.runners.values()),
+            return_exceptions=True,
+        )
         for t in self._tasks.values():
             t.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    def runner(self, task_id: int) -> TaskRunner:
+    async def runner(self, task_id: int) -> TaskRunner:
+        """The task's running round loop, or why there is none (404, 409, 410, 503)."""
         runner = self.runners.get(task_id)
-        if runner is None or runner.finished:  # e.g. completed or failed: clients stop
-            raise ApiError(404, "unknown_task", f"task {task_id} is not running")
+        if runner is None or runner.finished:  # e.g. completed, failed or paused
+            raise await task_unavailable(self.store, task_id)
         return runner
+
+    def client_seen(self, client_id: int) -> None:
+        """An authenticated request: the client is alive (round liveness, service-v1 §4)."""
+        for runner in self.runners.values():
+            runner.touch(client_id)
+
+    def live_round(self, round_id: int) -> LiveRound | None:
+        for runner in self.runners.values():
+            live = runner.live_round(round_id)
+            if live is not None:
+                return live
+        return None
 
     def may_download(self, task_id: int, client_id: int) -> bool:
         """Whether the client has ever been assigned a round of the task (blocking: DB)."""
@@ -138,12 +174,11 @@ class Coordinator:
                 log.exception("purging request nonces failed")
             await asyncio.sleep(self.settings.nonce_purge_interval_s)
 
-    def round_driver(self, round_id: int) -> Any:
-        for runner in self.runners.values():
-            driver = runner.rounds.get(round_id)
-            if driver is not None:
-                return driver
-        raise ApiError(410, "round_over", f"round {round_id} is not running")
+    def running_round(self, round_id: int) -> LiveRound:
+        live = self.live_round(round_id)
+        if live is None:
+            raise ApiError(410, "round_over", f"round {round_id} is not running")
+        return live
 
 
 # -- request/response models ----------------------------------------------------
@@ -231,7 +266,18 @@ class TaskCreate(BaseModel):
     max_weight: int = Field(default=10_000, ge=1, le=1 << 62)
     deadlines: dict[
         Literal["R0", "R1", "R2", "R3", "R4"], Annotated[float, Field(gt=0, le=86400)]
-    ] = Field(default_factory=dict)
+    ] = Field(
+        default_factory=dict,
+        description="seconds per protocol stage, overriding the formula of "
+        "specs/service-v1.md §5 (which scales with the model size and the cohort)",
+    )
+    training_window_s: float = Field(
+        default=DEFAULT_TRAINING_WINDOW_S,
+        gt=0,
+        le=7 * 86400,
+        description="seconds selected clients have to train and report ready; the window "
+        "closes earlier once every selected client is ready or gone",
+    )
     strategy: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
     # The client policy the task is checked against at creation (spec §4.7): a
     # task no such client would accept is refused. Lowering either is only
@@ -299,6 +345,7 @@ def _task_json(t: dbm.Task) -> dict[str, Any]:
         "scale": t.scale,
         "max_weight": t.max_weight,
         "deadlines": t.deadlines,
+        "training_window_s": t.training_window_s,
         "strategy": t.strategy,
     }
 
@@ -307,8 +354,8 @@ def _round_json(r: dbm.Round) -> dict[str, Any]:
     return {
         "id": r.id,
         "number": r.number,
-        "session_id": r.session_id.hex(),
-        "config": r.config.hex(),
+        "session_id": r.session_id.hex() if r.session_id is not None else None,
+        "config": r.config.hex() if r.config is not None else None,
         "status": r.status.value,
         "abort_reason": r.abort_reason,
         "participants": r.participants,
@@ -350,6 +397,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(LifecycleError)
+    async def _lifecycle_error(_: Request, exc: LifecycleError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content=exc.to_json())
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
@@ -400,7 +451,9 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         )
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await run_in_threadpool(verify_body, database, pending, request.method, path, body)
+        cid = await run_in_threadpool(verify_body, database, pending, request.method, path, body)
+        coord.client_seen(cid)
+        return cid
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         check_admin(authorization, coord.admin_token)
@@ -492,6 +545,7 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
                     scale=req.scale,
                     max_weight=req.max_weight,
                     deadlines=dict(req.deadlines),
+                    training_window_s=req.training_window_s,
                     strategy=req.strategy,
                     current_round=0,
                     max_aborted_rounds=req.max_aborted_rounds,
@@ -663,15 +717,54 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     @app.post(
         "/v1/tasks/{task_id}/checkin",
         responses={
-            200: {"description": "Selected: the round assignment (JSON)"},
+            200: {"description": "Selected: the training assignment (JSON)"},
             204: {"description": "Not selected before the long-poll timed out; check in again"},
         },
     )
     async def checkin(task_id: Id, cid: Client) -> Response:
-        assignment = await coord.runner(task_id).checkin(cid, settings.long_poll_s)
+        """Long-poll to be selected (specs/service-v1.md §3.1): 409 paused, 410 finished."""
+        runner = await coord.runner(task_id)
+        assignment = await runner.checkin(cid, settings.long_poll_s)
         if assignment is None:
             return Response(status_code=204)
         return JSONResponse(assignment.to_json())
+
+    @app.post("/v1/rounds/{round_id}/heartbeat")
+    async def heartbeat(round_id: Id, cid: Client) -> dict[str, str]:
+        """A selected client is alive (any signed request counts); the round's stage."""
+        return {"stage": coord.running_round(round_id).heartbeat(cid)}
+
+    @app.post("/v1/rounds/{round_id}/ready", status_code=202)
+    async def ready(round_id: Id, cid: Client) -> dict[str, str]:
+        """Local training and encoding are done: put this client in the session."""
+        coord.running_round(round_id).report_ready(cid)
+        return {"status": "accepted"}
+
+    @app.get(
+        "/v1/rounds/{round_id}/session",
+        responses={204: {"description": "Not formed yet; poll again"}},
+    )
+    async def session(round_id: Id, cid: Client) -> Response:
+        """Long-poll for the session formed among the ready clients (config, roster)."""
+        formed = await coord.running_round(round_id).session_for(cid, settings.long_poll_s)
+        if formed is None:
+            return Response(status_code=204)
+        return JSONResponse(formed)
+
+    @app.get(
+        "/v1/rounds/{round_id}/outcome",
+        responses={204: {"description": "Not decided yet; poll again"}},
+    )
+    async def outcome(round_id: Id, cid: Client) -> Response:
+        """Long-poll: ``completed`` (with the committed version) or ``aborted`` (reason)."""
+        live = coord.live_round(round_id)
+        if live is not None:
+            decided = await live.outcome_for(cid, settings.long_poll_s)
+        else:
+            decided = await stored_outcome(coord.store, round_id, cid)
+        if decided is None:
+            return Response(status_code=204)
+        return JSONResponse(decided)
 
     @app.post("/v1/rounds/{round_id}/messages", status_code=202)
     async def submit(round_id: Id, request: Request, cid: Client) -> dict[str, str]:
@@ -679,9 +772,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
             raise ApiError(
                 415, "unsupported_media_type", f"protocol messages are {CBOR_MEDIA_TYPE}"
             )
-        driver = coord.round_driver(round_id)
-        if cid not in driver.mailboxes:  # before anything decodes the body
-            raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
+        # Before anything decodes the body: a participant of the formed session.
+        driver = coord.running_round(round_id).require_driver(cid)
         body = await request.body()
         try:
             await driver.submit(cid, body)
@@ -703,10 +795,8 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         },
     )
     async def receive(round_id: Id, seq: Seq, cid: Client) -> Response:
-        driver = coord.round_driver(round_id)
-        box = driver.mailboxes.get(cid)
-        if box is None:
-            raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
+        driver = coord.running_round(round_id).require_driver(cid)
+        box = driver.mailboxes[cid]
         if seq < 0:
             raise ApiError(400, "bad_sequence", "sequence numbers start at 0")
         data = await box.get(seq, settings.long_poll_s)

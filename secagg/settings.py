@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
+    heartbeat_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often a selected client sends a heartbeat (told in its assignment)",
+    )
+    liveness_timeout_s: float = Field(
+        default=4.0,
+        gt=0,
+        le=600,
+        description="a participant silent this long is gone: the stage stops waiting for it "
+        "(at least two heartbeats; specs/service-v1.md §4)",
+    )
     log_level: str = "info"
     log_json: bool = True
 

@@ -317,7 +317,7 @@ class Client:
             try:
                 outcome = self.participate()
             except RequestRefused as exc:
-                if exc.status == 404:  # the task finished or is unknown
+                if exc.status in (404, 410):  # the task is unknown (404) or over (410)
                     break
                 raise
             if outcome is None:

@@ -135,7 +135,8 @@ class FakeServer:
         if path == f"{rid}/session":
             return httpx.Response(200, json={"config": self.config.encode().hex(), "roster": None})
         if path == f"{rid}/outcome":
-            return httpx.Response(200, json={"status": "completed", "version": self.base_version + 1})
+            done = {"status": "completed", "version": self.base_version + 1}
+            return httpx.Response(200, json=done)
         if path.endswith("/messages") and request.method == "POST":
             self._on_client_message(request.content)
             return httpx.Response(202)

@@ -176,12 +176,22 @@ class _Tally:
 
 class _Heartbeat:
     """Heartbeats from a thread of their own (service-v1.md §4), from the assignment
-    until the outcome is known: a client busy training is not taken for gone."""
+    until the outcome is known: a client busy training is not taken for gone.
+
+    The server may hold a heartbeat open: its open connection is the proof of
+    life, and its closing (the process died) tells the server at once. The
+    thread uses a connection of its own, closed by :meth:`stop`, so a client
+    that stops taking part (the fault hook simulates a crash) is seen gone at
+    once too. Failures are not retried here: the next beat is the retry.
+    """
 
     def __init__(self, client: Client, round_id: int, interval_s: float) -> None:
         self.client, self.round_id = client, round_id
         self.interval_s = min(max(interval_s, 0.2), 60.0)
         self._stopped = threading.Event()
+        self._http = httpx.Client(
+            base_url=client._http.base_url, verify=client._tls, timeout=client._timeout_s
+        )
         self._thread = threading.Thread(
             target=self._loop, name=f"secagg-heartbeat-{round_id}", daemon=True
         )
@@ -190,18 +200,38 @@ class _Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopped.set()
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._http.close()  # aborts a held heartbeat: its connection closes
+
+    def _beat(self, path: str) -> int:
+        identity = self.client.identity
+        headers = sign_request(
+            identity.secret,
+            self.client.client_id,
+            "POST",
+            path,
+            int(time.time()),
+            os.urandom(16).hex(),
+            b"",
+        )
+        return self._http.post(path, headers=headers).status_code
 
     def _loop(self) -> None:
+        # The next beat leaves interval_s after the previous one was sent.
         path = f"/v1/rounds/{self.round_id}/heartbeat"
-        while not self._stopped.wait(self.interval_s):
+        while not self._stopped.is_set():
+            sent = time.monotonic()
             try:
-                response = self.client._request("POST", path)
-            except ClientError as exc:  # the next beat may get through
+                status = self._beat(path)
+            except Exception as exc:  # a heartbeat never takes the client down
+                if self._stopped.is_set():
+                    return
                 log.debug("round %d: heartbeat failed: %s", self.round_id, exc)
-                continue
-            if response.status_code == 410:
-                return  # the round is over (for this client)
+            else:
+                if status == 410:
+                    return  # the round is over (for this client)
+            self._stopped.wait(max(0.0, self.interval_s - (time.monotonic() - sent)))
 
 
 def _refused(response: httpx.Response) -> RequestRefused:
@@ -258,8 +288,9 @@ class Client:
             ledger = ContributionLedger(path)
         self.ledger = ledger
         self.fault = fault
+        self._tls, self._timeout_s = tls_verify(verify), timeout_s
         self._http = httpx.Client(
-            base_url=server_url.rstrip("/"), verify=tls_verify(verify), timeout=timeout_s
+            base_url=server_url.rstrip("/"), verify=self._tls, timeout=timeout_s
         )
         self._rng = SystemRandom()
         self._cache: tuple[int, npt.NDArray[np.float32]] | None = None

@@ -81,7 +81,9 @@ class Coordinator:
         self.settings, self.db = settings, db
         self.registry = ModelRegistry(db)
         self.store = RoundStore(db, self.registry)
-        self.liveness = Liveness(settings.heartbeat_s, settings.liveness_timeout_s)
+        self.liveness = Liveness(
+            settings.heartbeat_s, settings.liveness_timeout_s, hold_s=settings.heartbeat_hold_s
+        )
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
@@ -138,6 +140,12 @@ class Coordinator:
         """An authenticated request: the client is alive (round liveness, service-v1 §4)."""
         for runner in self.runners.values():
             runner.touch(client_id)
+
+    async def hold_heartbeat(self, client_id: int, receive: Any) -> None:
+        runner = next((r for r in self.runners.values() if r.current is not None
+                       and client_id in r.current.selected), None)  # fmt: skip
+        if runner is not None:
+            await runner.hold_heartbeat(client_id, receive)
 
     def live_round(self, round_id: int) -> LiveRound | None:
         for runner in self.runners.values():
@@ -730,8 +738,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
         return JSONResponse(assignment.to_json())
 
     @app.post("/v1/rounds/{round_id}/heartbeat")
-    async def heartbeat(round_id: Id, cid: Client) -> dict[str, str]:
-        """A selected client is alive (any signed request counts); the round's stage."""
+    async def heartbeat(round_id: Id, request: Request, cid: Client) -> dict[str, str]:
+        """A selected client is alive; held open a while, the round's stage (service-v1 §4)."""
+        coord.running_round(round_id).heartbeat(cid)
+        await coord.hold_heartbeat(cid, request.receive)
         return {"stage": coord.running_round(round_id).heartbeat(cid)}
 
     @app.post("/v1/rounds/{round_id}/ready", status_code=202)

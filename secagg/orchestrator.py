@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -445,6 +446,12 @@ class LiveRound:
         self._decided.set()
         self._changed.set()
 
+    def wake(self) -> None:
+        """Re-check the waiting stage now (a client was found gone)."""
+        self._changed.set()
+        if self.driver is not None:
+            self.driver.wake()
+
     async def changed(self, timeout: float) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
@@ -484,8 +491,10 @@ class TaskRunner:
         self.rounds: dict[int, LiveRound] = {}
         self.current: LiveRound | None = None
         self._round_task: asyncio.Task[None] | None = None
-        # Monotonic time of each client's last authenticated request.
+        # Monotonic time of each client's last authenticated request, and how
+        # many heartbeats each one has held open now (service-v1.md §4).
         self.last_seen: dict[int, float] = {}
+        self.holding: dict[int, int] = {}
         self._arrival = asyncio.Event()
         self._events = events or (lambda kind, data: None)
         self._stopped = False
@@ -505,8 +514,38 @@ class TaskRunner:
         self.last_seen[client_id] = time.monotonic()
 
     def gone(self, client_id: int) -> bool:
+        if self.holding.get(client_id):
+            return False  # a heartbeat is held open: its process is alive
         seen = self.last_seen.get(client_id)
         return seen is None or time.monotonic() - seen > self.liveness.timeout_s
+
+    async def hold_heartbeat(
+        self, client_id: int, disconnected: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Hold a heartbeat open up to ``Liveness.hold_s`` (service-v1.md §4).
+
+        While it is held the client counts as alive however starved of CPU it
+        is; if its connection closes meanwhile (``disconnected()`` returns:
+        the client process died and the kernel closed its socket), it is gone
+        at once and the waiting stage re-checks now, not after the timeout.
+        """
+        self.touch(client_id)
+        self.holding[client_id] = self.holding.get(client_id, 0) + 1
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            done, _ = await asyncio.wait({watcher}, timeout=self.liveness.hold_s)
+        finally:
+            watcher.cancel()
+            self.holding[client_id] -= 1
+            if not self.holding[client_id]:
+                del self.holding[client_id]
+        if done:
+            self.last_seen[client_id] = -math.inf
+            live = self.current
+            if live is not None:
+                live.wake()
+        else:
+            self.touch(client_id)
 
     async def checkin(self, client_id: int, timeout: float) -> Assignment | None:
         """Wait (long-poll) to be selected for a round; None if not selected in time."""

@@ -58,17 +58,26 @@ MAX_DEADLINE_S = 86400.0
 class Liveness:
     """How clients show they are alive (specs/service-v1.md §4).
 
-    A participant that sent no authenticated request for ``timeout_s`` is
-    *gone*; clients send a heartbeat every ``heartbeat_s`` from a thread of
-    their own. ``tick_s`` is how often a waiting stage re-checks who is gone.
+    A participant is *gone* once it has no heartbeat held open and sent no
+    authenticated request for ``timeout_s``, or as soon as the connection of
+    a held heartbeat closes (its process died: the kernel closed the socket).
+    Clients send a heartbeat every ``heartbeat_s`` from a thread of their
+    own; the server holds each one open up to ``hold_s``. ``tick_s`` is how
+    often a waiting stage re-checks who is gone.
     """
 
     heartbeat_s: float = 1.0
     timeout_s: float = 4.0
     tick_s: float = 0.25
+    hold_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.heartbeat_s <= 0 or self.timeout_s < 2 * self.heartbeat_s or self.tick_s <= 0:
+        if (
+            self.heartbeat_s <= 0
+            or self.timeout_s < 2 * self.heartbeat_s
+            or self.tick_s <= 0
+            or self.hold_s < 0
+        ):
             raise ConfigError(
                 f"liveness timeout {self.timeout_s} s must cover at least two heartbeats "
                 f"of {self.heartbeat_s} s (and both be positive)"

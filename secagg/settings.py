@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         description="a participant silent this long is gone: the stage stops waiting for it "
         "(at least two heartbeats; specs/service-v1.md §4)",
     )
+    heartbeat_hold_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=60,
+        description="a heartbeat is held open this long: while it is, its client is alive "
+        "however busy; its connection closing marks the client gone at once",
+    )
     log_level: str = "info"
     log_json: bool = True
 

@@ -548,8 +548,15 @@ class TaskRunner:
             self.touch(client_id)
 
     async def checkin(self, client_id: int, timeout: float) -> Assignment | None:
-        """Wait (long-poll) to be selected for a round; None if not selected in time."""
-        self.touch(client_id)
+        """Wait (long-poll) to be selected for a round; None if not selected in time.
+
+        A client that checks in has left the round it was in (it counts itself
+        dropped): it is gone from that round at once (service-v1.md §4).
+        """
+        live = self.current
+        if live is not None and live.outcome is None and client_id in live.selected:
+            self.last_seen[client_id] = -math.inf
+            live.wake()
         previous = self.waiting.get(client_id)
         if previous is not None and not previous.done():
             previous.cancel()  # a newer check-in replaces an older one

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from protocol.testing import make_config
-from secagg.orchestrator import RoundDriver, TaskRunner
-from secagg.round_plan import Liveness
+from secagg.orchestrator import LiveRound, RoundDriver, TaskRunner
+from secagg.round_plan import Assignment, Liveness
 
 FAST = Liveness(heartbeat_s=0.05, timeout_s=0.3, tick_s=0.01, hold_s=30.0)
 
@@ -78,3 +78,18 @@ def test_a_stage_stops_waiting_once_every_client_it_waits_for_is_gone() -> None:
     waited, stopped = asyncio.run(main())
     assert waited >= 0.3
     assert stopped < 1.0
+
+
+def test_a_client_that_checks_in_again_has_left_its_round() -> None:
+    async def main() -> None:
+        runner = _runner()
+        assignment = Assignment(5, 1, 1, 1, 4, {}, 60.0, 1.0, {}, "active")
+        live = LiveRound(assignment, frozenset({1, 2}))
+        runner.current = live
+        for u in (1, 2):
+            runner.touch(u)
+        # Client 1 counted itself dropped (e.g. a late message) and checks in again.
+        assert await runner.checkin(1, 0.01) is None
+        assert runner.gone(1) and not runner.gone(2)
+
+    asyncio.run(main())

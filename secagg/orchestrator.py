@@ -621,36 +621,53 @@ class TaskRunner:
         return await asyncio.to_thread(fn, *args)
 
     async def _run(self) -> None:
-        self.quarantined = await self._db(self.store.quarantined, self.task_id)
+        pause = 1.0
         while not self._stopped:
-            task = await self._db(self.store.load_task, self.task_id)
-            if task is None or task.status is not dbm.TaskStatus.ACTIVE:
-                return
-            if task.completed_rounds >= task.rounds:
-                await self._db(self.store.set_status, self.task_id, dbm.TaskStatus.COMPLETED)
-                self._events("task_completed", {"task_id": self.task_id})
-                return
-            base_version = await self._db(self.store.current_version, self.task_id)
-            contributed = await self._db(self.store.contributed, self.task_id, base_version)
-            participants = await self._gather(
-                task.min_clients, task.clients_per_round, contributed, base_version
-            )
-            if participants is None or self._stopped:
-                return
-            self.waiting_reason = None
-            self._round_task = asyncio.get_running_loop().create_task(
-                self._run_round(task, participants, base_version)
-            )
-            # asyncio.wait: a cancelled round (shutdown) does not cancel the loop.
-            await asyncio.wait({self._round_task})
-            if not self._round_task.cancelled() and self._round_task.exception() is not None:
-                # _run_round records its own failures; this is a failure to record.
-                log.error(
-                    "round of task %s could not be recorded",
-                    self.task_id,
-                    exc_info=self._round_task.exception(),
+            try:
+                if not await self._round_or_finish():
+                    return
+                pause = 1.0
+            except SQLAlchemyError:
+                # The database stayed unreachable through the store's retries: the
+                # loop waits and tries again rather than dying with the task active.
+                log.exception(
+                    "task %s: database unavailable, retrying in %.0f s", self.task_id, pause
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 30.0)
+
+    async def _round_or_finish(self) -> bool:
+        """Select and run one round; False once the task is over (or the runner stopped)."""
+        self.quarantined = await self._db(self.store.quarantined, self.task_id)
+        task = await self._db(self.store.load_task, self.task_id)
+        if task is None or task.status is not dbm.TaskStatus.ACTIVE:
+            return False
+        if task.completed_rounds >= task.rounds:
+            await self._db(self.store.set_status, self.task_id, dbm.TaskStatus.COMPLETED)
+            self._events("task_completed", {"task_id": self.task_id})
+            return False
+        base_version = await self._db(self.store.current_version, self.task_id)
+        contributed = await self._db(self.store.contributed, self.task_id, base_version)
+        participants = await self._gather(
+            task.min_clients, task.clients_per_round, contributed, base_version
+        )
+        if participants is None or self._stopped:
+            return False
+        self.waiting_reason = None
+        self._round_task = asyncio.get_running_loop().create_task(
+            self._run_round(task, participants, base_version)
+        )
+        # asyncio.wait: a cancelled round (shutdown) does not cancel the loop.
+        await asyncio.wait({self._round_task})
+        if not self._round_task.cancelled() and self._round_task.exception() is not None:
+            # _run_round records its own failures; this is a failure to record.
+            log.error(
+                "round of task %s could not be recorded",
+                self.task_id,
+                exc_info=self._round_task.exception(),
+            )
+            await asyncio.sleep(1.0)
+        return True
 
     def _available(self, excluded: frozenset[int] | set[int] = frozenset()) -> list[int]:
         return [

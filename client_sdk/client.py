@@ -16,10 +16,13 @@ second masked input on a base model version it already contributed to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -180,18 +183,19 @@ class _Heartbeat:
 
     The server may hold a heartbeat open: its open connection is the proof of
     life, and its closing (the process died) tells the server at once. The
-    thread uses a connection of its own, closed by :meth:`stop`, so a client
-    that stops taking part (the fault hook simulates a crash) is seen gone at
-    once too. Failures are not retried here: the next beat is the retry.
+    thread keeps a connection of its own, which :meth:`stop` shuts down, so a
+    client that stops taking part (the fault hook simulates a crash) is seen
+    gone at once too. (``http.client``, not httpx: closing an httpx client
+    leaves an in-flight request's socket open.) Failures are not retried
+    here: the next beat is the retry.
     """
 
     def __init__(self, client: Client, round_id: int, interval_s: float) -> None:
         self.client, self.round_id = client, round_id
         self.interval_s = min(max(interval_s, 0.2), 60.0)
         self._stopped = threading.Event()
-        self._http = httpx.Client(
-            base_url=client._http.base_url, verify=client._tls, timeout=client._timeout_s
-        )
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
         self._thread = threading.Thread(
             target=self._loop, name=f"secagg-heartbeat-{round_id}", daemon=True
         )
@@ -200,14 +204,40 @@ class _Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        if not self._stopped.is_set():
-            self._stopped.set()
-            self._http.close()  # aborts a held heartbeat: its connection closes
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        with self._lock:
+            conn = self._conn
+        if conn is not None and conn.sock is not None:
+            # Unblocks a held request; the server sees the connection close now.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
-    def _beat(self, path: str) -> int:
-        identity = self.client.identity
+    def _connection(self) -> http.client.HTTPConnection:
+        url = self.client._http.base_url
+        host, port = url.host, url.port
+        timeout = self.client._timeout_s
+        conn: http.client.HTTPConnection
+        if url.scheme == "https":
+            tls = self.client._tls
+            context = tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context()
+            if tls is False:  # verification explicitly disabled by the operator
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        return conn
+
+    def _beat(self, path: str, prefix: str) -> int:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connection()
+            conn = self._conn
         headers = sign_request(
-            identity.secret,
+            self.client.identity.secret,
             self.client.client_id,
             "POST",
             path,
@@ -215,15 +245,26 @@ class _Heartbeat:
             os.urandom(16).hex(),
             b"",
         )
-        return self._http.post(path, headers=headers).status_code
+        try:
+            # Signed as _request signs (the path under the base URL), sent under it.
+            conn.request("POST", prefix + path, body=b"", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except Exception:
+            with self._lock:
+                self._conn = None  # a new connection for the next beat
+            conn.close()
+            raise
 
     def _loop(self) -> None:
         # The next beat leaves interval_s after the previous one was sent.
+        prefix = self.client._http.base_url.raw_path.decode().rstrip("/")
         path = f"/v1/rounds/{self.round_id}/heartbeat"
         while not self._stopped.is_set():
             sent = time.monotonic()
             try:
-                status = self._beat(path)
+                status = self._beat(path, prefix)
             except Exception as exc:  # a heartbeat never takes the client down
                 if self._stopped.is_set():
                     return
@@ -232,6 +273,9 @@ class _Heartbeat:
                 if status == 410:
                     return  # the round is over (for this client)
             self._stopped.wait(max(0.0, self.interval_s - (time.monotonic() - sent)))
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
 
 
 def _refused(response: httpx.Response) -> RequestRefused:

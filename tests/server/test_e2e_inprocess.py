@@ -106,7 +106,7 @@ def test_secure_fedavg_rounds_with_a_dropout(tmp_path: Path, db_url: str) -> Non
         assert [r["status"] for r in detail["rounds_detail"]] == ["completed", "completed"]
         first = detail["rounds_detail"][0]
         assert first["stage_stats"]["R2"]["dropouts"] == 1
-        assert first["stage_stats"]["R2"]["seconds"] < 20
+        assert first["stage_stats"]["R2"]["seconds"] < 8  # not hold_s + timeout (14 s)
         # Metrics travel in the same secure sum: only survivors' are in it.
         assert first["metrics"]["eval_examples"] == 2 * 4
         assert first["metrics"]["eval_accuracy"] == 0.5

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session
 
 from protocol.config import MAX_CLIENT_ID
 from protocol.crypto import ed25519_is_valid_public
@@ -102,6 +103,8 @@ def check_headers(
     Raises:
         AuthError: 401 for a missing or malformed header, a stale timestamp, or
             an unknown or revoked client.
+        secagg.db.DatabaseUnavailable: the database failed transiently on
+            every attempt (``Database.run``).
     """
     req = parse_headers(headers)
     current = time.time() if now is None else now
@@ -111,11 +114,15 @@ def check_headers(
             "stale_request",
             f"request time {req.timestamp} is more than {clock_skew_s:.0f} s from server time",
         )
-    with db.session() as s:
+
+    def lookup(s: Session) -> PendingRequest:
         client = s.get(dbm.Client, req.client_id)
         if client is None or client.status is not dbm.ClientStatus.ACTIVE:
             raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
         return PendingRequest(req, client.public_key)
+
+    # A read: retrying it after any transient failure is safe.
+    return db.run(lookup, idempotent=True, what="authentication lookup")
 
 
 def verify_body(
@@ -126,6 +133,8 @@ def verify_body(
     Raises:
         AuthError: 401 for an invalid signature, a replayed nonce, or a client
             revoked since :func:`check_headers`.
+        secagg.db.DatabaseUnavailable: the database failed transiently (see
+            ``accept`` below for when the nonce write is retried).
     """
     req = pending.request
     if not verify_request(
@@ -139,14 +148,23 @@ def verify_body(
         body,
     ):
         raise AuthError(401, "bad_signature", "request signature does not verify")
-    with db.session() as s:
+
+    def accept(s: Session) -> int:
         client = s.get(dbm.Client, req.client_id)
         if client is None or client.status is not dbm.ClientStatus.ACTIVE:
             raise AuthError(401, "unknown_client", f"client {req.client_id} is not enrolled")
         if not dbm.record_nonce(s, req.client_id, req.nonce, dbm.utcnow()):
             raise AuthError(401, "replayed_request", "this request nonce was already used")
         client.last_seen_at = dbm.utcnow()
-    return req.client_id
+        return req.client_id
+
+    # Not idempotent: a commit cut by a dropped connection may have recorded the
+    # nonce, and a retry would then refuse the client's own request as a replay.
+    # So it is retried only when a statement failed before the commit (the
+    # database rolled it back); a cut commit is a 503, and the client re-sends
+    # the request signed with a fresh nonce. Either way a nonce is accepted at
+    # most once: the insert is atomic (record_nonce) and only a commit makes it so.
+    return db.run(accept, idempotent=False, what="request nonce")
 
 
 def authenticate(

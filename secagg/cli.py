@@ -146,7 +146,11 @@ authority_app = typer.Typer(
     no_args_is_help=True,
     help="The offline task authority: certify client identity keys, sign rosters.",
 )
+task_app = typer.Typer(no_args_is_help=True, help="Training tasks (over the admin API).")
+model_app = typer.Typer(no_args_is_help=True, help="Model versions (over the admin API).")
 app.add_typer(token_app, name="token")
+app.add_typer(task_app, name="task")
+app.add_typer(model_app, name="model")
 app.add_typer(client_app, name="client")
 app.add_typer(authority_app, name="authority")
 
@@ -164,6 +168,85 @@ def _settings(config: Path | None = None, **overrides: Any) -> Any:
     return Settings.load(config, **overrides)
 
 
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server", envvar="SECAGG_SERVER", help="server URL, e.g. https://host:8443 (required)"
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SECAGG_ADMIN_TOKEN",
+        help="admin token (or --token-file, or SECAGG_ADMIN_TOKEN)",
+        show_envvar=True,
+    ),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="SECAGG_ADMIN_TOKEN_FILE",
+        help="file holding the admin token (the server's admin_token_file, mode 600)",
+        show_envvar=True,
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        envvar="SECAGG_CA",
+        help="CA certificate to trust (e.g. a dev certificate)",
+        show_envvar=True,
+    ),
+]
+
+
+def _admin(server: str | None, token: str | None, token_file: Path | None, ca: Path | None) -> Any:
+    """An AdminClient for the given server; a usage error (exit 2) if anything is missing.
+
+    Admin commands work over HTTP only: there is no database fallback, so a
+    forgotten --server is an error, not a silent ./secagg.db.
+    """
+    from secagg.admin_client import AdminClient, AdminError
+    from secagg.admin_token import AdminTokenError, read_admin_token_file
+
+    if not server:
+        raise typer.BadParameter(
+            "give the server's URL with --server URL (or SECAGG_SERVER); admin commands "
+            "talk to a running server, never to a database file",
+            param_hint="--server",
+        )
+    if token_file is not None and token is None:
+        try:
+            token = read_admin_token_file(token_file)
+        except AdminTokenError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--token-file") from exc
+    if not token:
+        raise typer.BadParameter(
+            "give the admin token: --token-file FILE (the server's admin_token_file), "
+            "--token TOKEN or SECAGG_ADMIN_TOKEN",
+            param_hint="--token-file",
+        )
+    if ca is not None and not ca.is_file():
+        raise typer.BadParameter(f"no such file: {ca}", param_hint="--ca")
+    try:
+        return AdminClient(server, token, verify=str(ca) if ca is not None else True)
+    except AdminError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--server") from exc
+
+
+def _admin_call(fn: Any, *args: Any) -> Any:
+    from secagg.admin_client import AdminError
+
+    try:
+        return fn(*args)
+    except AdminError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
@@ -172,14 +255,24 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", exists=True)] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", exists=True)] = None,
     admin_token: Annotated[str | None, typer.Option("--admin-token")] = None,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="if another server is the database's writer, wait and take over when it "
+            "stops (default: refuse to start)",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Run the aggregation server."""
-    import uvicorn
+    """Run the aggregation server (the only writer of its database: see secagg/writer_lock.py).
 
-    from secagg.app import create_app
-    from secagg.limits import ConnectionLimits, guarded_h11_protocol
+    Exit status 3: another server holds the database's writer lock; 4: the lock
+    was lost while serving (the server stops at once, without further writes).
+    """
+    from secagg.db import DatabaseOptions, is_transient
     from secagg.logs import configure_logging
+    from secagg.writer_lock import EXIT_WRITER_LOCK_HELD, WriterLockHeld, acquire_writer_lock
 
     settings = _settings(
         config,
@@ -189,16 +282,51 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         admin_token=admin_token,
+        standby=standby or None,
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     configure_logging(settings.log_level, settings.log_json)
-    application = create_app(settings)
-    token = application.state.coordinator.admin_token
+    # The writer lock comes first: nothing may touch the database's rounds (the
+    # app marks running ones interrupted at start) while another server runs them.
+    try:
+        writer_lock = acquire_writer_lock(
+            settings.database_url,
+            DatabaseOptions.from_settings(settings),
+            standby=settings.standby,
+            poll_s=settings.standby_poll_s,
+            check_s=settings.writer_lock_check_s,
+        )
+    except WriterLockHeld as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_WRITER_LOCK_HELD) from exc
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        typer.echo(f"error: cannot reach the database to take its writer lock: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        _serve_locked(settings)
+    finally:
+        if writer_lock is not None:
+            writer_lock.release()
+
+
+def _serve_locked(settings: Any) -> None:
+    """Build the application and run uvicorn until it stops (the writer lock is held)."""
+    import uvicorn
+
+    from secagg.admin_token import AdminTokenError
+    from secagg.app import create_app
+    from secagg.limits import ConnectionLimits, guarded_h11_protocol
+
+    try:
+        application = create_app(settings)
+    except AdminTokenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     if settings.admin_token is None:
-        settings.admin_token_file.write_text(token + "\n")
-        settings.admin_token_file.chmod(0o600)
-        typer.echo(f"admin token written to {settings.admin_token_file}", err=True)
+        typer.echo(f"admin token in {settings.admin_token_file.resolve()} (mode 600)", err=True)
     limits = ConnectionLimits(
         max_connections=settings.max_connections,
         max_per_peer=settings.max_connections_per_ip,
@@ -224,19 +352,18 @@ def serve(
 
 @token_app.command("create")
 def token_create(
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
     label: Annotated[str, typer.Option(help="a note stored with the token")] = "",
     ttl: Annotated[float, typer.Option(help="lifetime in seconds")] = 86400.0,
-    database_url: DbOption = None,
-    config: ConfigOption = None,
 ) -> None:
     """Issue a one-time enrolment token (printed once; only its hash is stored)."""
-    from secagg import db as dbm
-    from secagg.auth import create_enrolment_token
-
-    settings = _settings(config, database_url=database_url)
-    token, row = create_enrolment_token(dbm.Database.from_url(settings.database_url), label, ttl)
-    typer.echo(token)
-    typer.echo(f"expires {row.expires_at.isoformat()}", err=True)
+    with _admin(server, token, token_file, ca) as admin:
+        info = _admin_call(admin.create_token, label, ttl)
+    typer.echo(info.token)
+    typer.echo(f"expires {info.expires_at}", err=True)
 
 
 @app.command("dev-cert")
@@ -258,12 +385,174 @@ def dev_cert(
 
 
 @app.command()
-def status(database_url: DbOption = None, config: ConfigOption = None) -> None:
-    """Tasks, recent rounds and model versions, in the terminal."""
-    from secagg.status import print_status
+def status(
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    task: Annotated[int | None, typer.Option("--task", help="one task in detail")] = None,
+    all_tasks: Annotated[bool, typer.Option("--all", help="also list archived tasks")] = False,
+) -> None:
+    """Tasks, their rounds and model versions, from the server's admin API."""
+    from secagg.admin_status import render_task, render_tasks
 
-    settings = _settings(config, database_url=database_url)
-    print_status(settings.database_url)
+    with _admin(server, token, token_file, ca) as admin:
+        if task is None:
+            typer.echo(render_tasks(_admin_call(admin.tasks, all_tasks)))
+        else:
+            typer.echo(render_task(_admin_call(admin.task, task)))
+
+
+TaskId = Annotated[int, typer.Argument(help="task id", min=1)]
+
+
+@task_app.command("create")
+def task_create(
+    task_file: Annotated[Path, typer.Argument(help="TOML file of task fields", exists=True)],
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init", exists=True, help="initial model: a .pt state_dict, .safetensors or .npy"
+        ),
+    ] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Create a task from a TOML file (see docs/reference.md for every field)."""
+    from secagg.model_files import ModelFileError
+    from secagg.task_files import TaskFileError, task_request
+
+    try:
+        spec = task_request(task_file, init)
+    except (TaskFileError, ModelFileError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    with _admin(server, token, token_file, ca) as admin:
+        created = _admin_call(admin.create_task, spec)
+    typer.echo(created.id)
+    typer.echo(
+        f"created task {created.id} {created.name!r}: {created.vector_length} weights, "
+        f"{created.rounds} rounds of {created.clients_per_round} clients",
+        err=True,
+    )
+
+
+def _task_action(action: str, task_id: int, *auth: Any) -> None:
+    with _admin(*auth) as admin:
+        view = _admin_call(getattr(admin, action), task_id)
+    typer.echo(f"task {view.id} {view.name!r}: {view.status}")
+
+
+@task_app.command("cancel")
+def task_cancel(
+    task_id: TaskId,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Cancel a task for good (a running round is aborted)."""
+    _task_action("cancel", task_id, server, token, token_file, ca)
+
+
+@task_app.command("pause")
+def task_pause(
+    task_id: TaskId,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Pause a task: a running round finishes, no new one starts."""
+    _task_action("pause", task_id, server, token, token_file, ca)
+
+
+@task_app.command("resume")
+def task_resume(
+    task_id: TaskId,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Resume a paused or failed task."""
+    _task_action("resume", task_id, server, token, token_file, ca)
+
+
+@task_app.command("archive")
+def task_archive(
+    task_id: TaskId,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Archive a finished task (hidden from `secagg status` unless --all)."""
+    _task_action("archive", task_id, server, token, token_file, ca)
+
+
+@task_app.command("upload-roster")
+def task_upload_roster(
+    task_id: TaskId,
+    roster: Annotated[
+        Path, typer.Argument(help="roster file from `secagg authority export-roster`", exists=True)
+    ],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Upload the task authority's signed roster (clients check it against the key they pinned)."""
+    with _admin(server, token, token_file, ca) as admin:
+        out = _admin_call(admin.upload_roster, task_id, roster.read_bytes())
+    typer.echo(f"roster serial {out['serial']} with {out['entries']} clients for task {task_id}")
+
+
+@model_app.command("pull")
+def model_pull(
+    task: Annotated[int, typer.Option("--task", help="task id", min=1)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="file to write")],
+    version: Annotated[
+        str, typer.Option("--version", help="current, a version number or a tag")
+    ] = "current",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="pt | safetensors | npy (default: from the -o suffix)"),
+    ] = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+) -> None:
+    """Download a model version (hash-checked) as a .pt / .safetensors state_dict or a .npy."""
+    from secagg.model_files import ModelFileError, require_format, write_model_file
+
+    if fmt is None:
+        by_suffix = {".pt": "pt", ".pth": "pt", ".safetensors": "safetensors", ".npy": "npy"}
+        fmt = by_suffix.get(out.suffix.lower())
+        if fmt is None:
+            raise typer.BadParameter(
+                f"cannot tell the format from {out.name!r}: give --format pt|safetensors|npy",
+                param_hint="--format",
+            )
+    if fmt not in ("pt", "safetensors", "npy"):
+        raise typer.BadParameter("use pt, safetensors or npy", param_hint="--format")
+    try:
+        require_format(fmt)
+    except ModelFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    with _admin(server, token, token_file, ca) as admin:
+        pulled = _admin_call(admin.pull_model, task, version)
+        layout = _admin_call(admin.task, task).get("model_layout")
+    try:
+        write_model_file(out, pulled.weights, layout, fmt)  # type: ignore[arg-type]
+    except ModelFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"task {task} version {pulled.version} (sha256 {pulled.sha256}) written to {out}")
 
 
 @client_app.command("enrol")

@@ -31,11 +31,18 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterator
+import logging
+import math
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -61,11 +68,15 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from secagg.settings import Settings
 
 __all__ = [
     "ABORT_SERVER_RESTART",
@@ -77,6 +88,8 @@ __all__ = [
     "Client",
     "ClientStatus",
     "Database",
+    "DatabaseOptions",
+    "DatabaseUnavailable",
     "EnrolmentToken",
     "GraphChoice",
     "ModelVersion",
@@ -94,6 +107,7 @@ __all__ = [
     "UTCDateTime",
     "create_schema",
     "hash_token",
+    "is_transient",
     "make_engine",
     "mark_interrupted_rounds",
     "purge_nonces",
@@ -102,6 +116,9 @@ __all__ = [
 ]
 
 DEFAULT_URL = "sqlite:///secagg.db"
+
+log = logging.getLogger("secagg.db")
+_T = TypeVar("_T")
 
 # Protocol client ids are Shamir x-coordinates: 1 .. 2^32-1 (specs/secagg-v1.md).
 # 2^32-1 does not fit PostgreSQL's signed INTEGER, hence BIGINT for client ids.
@@ -210,6 +227,8 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    # A finished (completed, failed or cancelled) task hidden from the task list.
+    ARCHIVED = "archived"
 
 
 class ProtocolMode(enum.StrEnum):
@@ -351,6 +370,7 @@ class Task(Base):
         CheckConstraint("completed_rounds >= 0", name="completed_rounds_nonnegative"),
         CheckConstraint("aborted_in_a_row >= 0", name="aborted_in_a_row_nonnegative"),
         CheckConstraint("max_aborted_rounds >= 1", name="max_aborted_rounds_positive"),
+        CheckConstraint("training_window_s > 0", name="training_window_positive"),
     )
 
     id: Mapped[int] = mapped_column(_BigIntId, primary_key=True)
@@ -374,10 +394,13 @@ class Task(Base):
     scale: Mapped[float] = mapped_column(Float)
     max_weight: Mapped[int] = mapped_column(BigInteger)
     deadlines: Mapped[dict[str, float]] = mapped_column(_json())
-    # Seconds selected clients have to train and report ready (service-v1.md §3).
-    training_window_s: Mapped[float] = mapped_column(Float, default=600.0)
     strategy: Mapped[dict[str, Any]] = mapped_column(_json())
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Seconds a selected client has to train and report ready (service-v1.md §3).
+    training_window_s: Mapped[float] = mapped_column(Float, default=600.0)
+    # [{"name", "shape", "dtype"}] in flat-vector order, when the initial model
+    # had named tensors (a torch state_dict, safetensors); None for a flat vector.
+    model_layout: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     # Only completed rounds count towards ``rounds``; ``aborted_in_a_row``
@@ -597,7 +620,172 @@ def masked_input_senders(session: Session, task_id: int, base_version: int) -> s
     )
 
 
+# --------------------------------------------------------------------------- failures
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer, or not in time; the operation may succeed later.
+
+    Raised by :meth:`Database.run` once its attempts are spent on transient
+    failures (see :func:`is_transient`); the original error is ``__cause__``.
+    The HTTP API answers it with ``503 database_unavailable`` and a
+    ``Retry-After`` header (``secagg/dberrors.py``).
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+# PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock_timeout
+# (55P03), statement_timeout or cancel (57014), administrator/crash shutdown
+# (57P01/57P02, e.g. pg_terminate_backend), cannot connect now (57P03, the
+# server is starting), too many connections (53300). Class 08 (connection
+# exceptions) is matched by prefix.
+_TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
+)
+# SQLite primary result codes: SQLITE_BUSY (another connection holds the write
+# lock past busy_timeout) and SQLITE_LOCKED (a conflicting lock in a shared cache).
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _driver_error_is_transient(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+        return "locked" in str(error) or "busy" in str(error)
+    if type(error).__module__.split(".")[0] not in ("psycopg", "psycopg2"):
+        return False
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    # No SQLSTATE: the driver itself lost (or never had) the connection, e.g.
+    # "server closed the connection unexpectedly", "connection refused",
+    # "consuming input failed". Programming errors carry other classes.
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database failure that retrying later may cure.
+
+    True for: a connection that was dropped, terminated or could not be made;
+    PostgreSQL ``lock_timeout``, ``statement_timeout``, serialization failures
+    and deadlocks; SQLite's "database is locked" after ``busy_timeout``; an
+    exhausted connection pool; :class:`DatabaseUnavailable`. False for
+    everything else, constraint violations (``IntegrityError``) and SQL
+    errors included: those fail the same way every time.
+
+    Args:
+        exc: an exception raised by SQLAlchemy or by the database driver.
+    """
+    if isinstance(exc, DatabaseUnavailable | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if isinstance(exc, sa_exc.IntegrityError | sa_exc.ProgrammingError | sa_exc.DataError):
+            return False
+        if exc.connection_invalidated:
+            return True
+        return exc.orig is not None and _driver_error_is_transient(exc.orig)
+    return _driver_error_is_transient(exc)
+
+
+def _summary(exc: BaseException) -> str:
+    """One line naming a database error, without SQL text or parameters."""
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    text = " ".join(str(cause).split())[:200]
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
 # --------------------------------------------------------------------------- engine
+
+
+@dataclass(frozen=True)
+class DatabaseOptions:
+    """How the server's connections behave when the database is slow or gone.
+
+    The defaults are the production choice: no statement waits for a lock
+    longer than ``lock_timeout_s`` nor runs longer than ``statement_timeout_s``,
+    so a stalled database costs a request a bounded time and a typed 503,
+    never a frozen worker. ``Settings`` carries the same fields (``db_*``).
+
+    Attributes:
+        application_name: PostgreSQL ``application_name`` of the pool's
+            connections (visible in ``pg_stat_activity``); default
+            ``secagg-<pid>``. A name given in the URL wins.
+        lock_timeout_s: PostgreSQL ``lock_timeout``: longest wait for a row or
+            table lock.
+        statement_timeout_s: PostgreSQL ``statement_timeout``.
+        idle_in_transaction_timeout_s: PostgreSQL
+            ``idle_in_transaction_session_timeout``: a transaction left open
+            (a bug, a hung thread) is ended by the server instead of holding
+            its locks for ever.
+        connect_timeout_s: longest wait for a new PostgreSQL connection
+            (libpq ``connect_timeout``, whole seconds, at least 2).
+        busy_timeout_s: SQLite: longest wait for the write lock.
+        pool_size: connections kept open (not SQLite in memory).
+        max_overflow: extra connections opened under load.
+        pool_timeout_s: longest wait for a free connection from the pool.
+        retry_attempts: default attempts of :meth:`Database.run`.
+        retry_base_delay_s: first backoff of :meth:`Database.run`; doubles
+            per attempt, with jitter.
+        retry_budget_s: :meth:`Database.run` starts no new attempt this long
+            after the first began: a failure that itself took long (a lock or
+            statement timeout) is answered at once instead of multiplied.
+    """
+
+    application_name: str | None = None
+    lock_timeout_s: float = 5.0
+    statement_timeout_s: float = 30.0
+    idle_in_transaction_timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    busy_timeout_s: float = 5.0
+    pool_size: int = 10
+    max_overflow: int = 10
+    pool_timeout_s: float = 10.0
+    retry_attempts: int = 3
+    retry_base_delay_s: float = 0.05
+    retry_budget_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "lock_timeout_s",
+            "statement_timeout_s",
+            "idle_in_transaction_timeout_s",
+            "connect_timeout_s",
+            "busy_timeout_s",
+            "pool_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 86400):
+                raise ValueError(f"{name} must be in (0, 86400] seconds, got {value!r}")
+        if self.pool_size < 1 or self.max_overflow < 0 or self.retry_attempts < 1:
+            raise ValueError("pool_size and retry_attempts must be >= 1, max_overflow >= 0")
+        if self.retry_base_delay_s < 0 or self.retry_budget_s < 0:
+            raise ValueError("retry_base_delay_s and retry_budget_s must be >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatabaseOptions:
+        """The ``db_*`` fields of the server's settings."""
+        return cls(
+            application_name=settings.db_application_name,
+            lock_timeout_s=settings.db_lock_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            idle_in_transaction_timeout_s=settings.db_idle_in_transaction_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            busy_timeout_s=settings.db_busy_timeout_s,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            retry_attempts=settings.db_retry_attempts,
+            retry_budget_s=settings.db_retry_budget_s,
+        )
+
+    def resolved_application_name(self) -> str:
+        """``application_name``, or ``secagg-<pid>`` when unset."""
+        return self.application_name or f"secagg-{os.getpid()}"
 
 
 def _is_sqlite_memory(database: str | None) -> bool:
@@ -606,20 +794,66 @@ def _is_sqlite_memory(database: str | None) -> bool:
     )
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _postgres_url_and_args(parsed: Any, options: DatabaseOptions) -> tuple[Any, dict[str, Any]]:
+    """The URL with the timeouts in libpq ``options``, and libpq connect arguments.
+
+    The timeouts go into the startup packet (``-c name=value``), so they hold
+    from the connection's first statement with no extra round trip, and they
+    are the session defaults a ``RESET ALL`` returns to. Settings already in
+    the URL's ``options`` come after ours and win.
+    """
+    query = dict(parsed.query)
+    existing = query.get("options", "")
+    if isinstance(existing, tuple):
+        existing = " ".join(existing)
+    ours = " ".join(
+        (
+            f"-c lock_timeout={_ms(options.lock_timeout_s)}",
+            f"-c statement_timeout={_ms(options.statement_timeout_s)}",
+            f"-c idle_in_transaction_session_timeout={_ms(options.idle_in_transaction_timeout_s)}",
+        )
+    )
+    url = parsed.update_query_dict({"options": f"{ours} {existing}".strip()})
+    args: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(options.connect_timeout_s)),
+        # A peer that vanished (host down, cable cut) is noticed within ~25 s
+        # even on an idle connection, instead of the kernel's two hours.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "application_name": options.resolved_application_name()[:63],
+    }
+    # Connection parameters given in the URL win (connect_args would override them).
+    return url, {k: v for k, v in args.items() if k not in query}
+
+
+def make_engine(url: str, *, echo: bool = False, options: DatabaseOptions | None = None) -> Engine:
     """Create an engine for ``url``, set up for a multi-threaded server.
 
     SQLite: the file's parent directories are created; every connection gets
     ``PRAGMA foreign_keys=ON`` (off by default in SQLite) and the WAL journal
     (readers never block the writer; a killed process loses at most its
     uncommitted transaction); connections may cross threads; a writer waits up
-    to 30 s for the lock. An in-memory database uses one shared connection, so
-    every session sees the same data. Other backends get ``pool_pre_ping``.
+    to ``options.busy_timeout_s`` for the lock. An in-memory database uses one
+    shared connection, so every session sees the same data.
+
+    PostgreSQL (psycopg): every connection starts with ``lock_timeout``,
+    ``statement_timeout`` and ``idle_in_transaction_session_timeout`` set, a
+    connect timeout, TCP keepalives and an ``application_name``. Every
+    non-memory backend gets ``pool_pre_ping`` (a connection the database
+    dropped is replaced at checkout, so the first request after an outage
+    works) and a bounded wait for a pooled connection.
 
     Args:
         url: any SQLAlchemy URL, e.g. ``sqlite:///secagg.db`` or
             ``postgresql+psycopg://postgres@127.0.0.1:5432/secagg``.
         echo: log every SQL statement (debugging).
+        options: timeouts and pool sizes (default: ``DatabaseOptions()``).
 
     Returns:
         The engine. Nothing is connected yet.
@@ -627,15 +861,29 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     Raises:
         sqlalchemy.exc.ArgumentError: ``url`` is not a valid database URL.
     """
+    options = options or DatabaseOptions()
     parsed = make_url(url)
+    pool: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": options.pool_size,
+        "max_overflow": options.max_overflow,
+        "pool_timeout": options.pool_timeout_s,
+    }
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "psycopg",
+            "psycopg2",
+        ):
+            parsed, connect_args = _postgres_url_and_args(parsed, options)
+        return create_engine(parsed, echo=echo, connect_args=connect_args, **pool)
 
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"check_same_thread": False}}
     if _is_sqlite_memory(parsed.database):
         kwargs["poolclass"] = StaticPool
     else:
-        kwargs["connect_args"]["timeout"] = 30.0
+        kwargs.update(pool)
+        kwargs["connect_args"]["timeout"] = options.busy_timeout_s
         database = parsed.database
         assert database is not None
         if not database.startswith("file:"):
@@ -671,29 +919,57 @@ class Database:
         with db.session() as s:
             s.add(Client(...))
         # committed here; rolled back if the block raised
+
+        # A transaction retried on transient failures (see ``run``):
+        n = db.run(lambda s: s.scalar(select(func.count(Client.id))), idempotent=True)
+
+    Every method blocks on the database: call them from a worker thread
+    (``asyncio.to_thread`` / ``run_in_threadpool``), never on the event loop.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, options: DatabaseOptions | None = None) -> None:
         self.engine = engine
+        self.options = options or DatabaseOptions()
         self.sessionmaker: sessionmaker[Session] = sessionmaker(bind=engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str = DEFAULT_URL, *, create: bool = True) -> Database:
+    def from_url(
+        cls, url: str = DEFAULT_URL, *, create: bool = True, options: DatabaseOptions | None = None
+    ) -> Database:
         """Open the database at ``url`` (see ``make_engine``).
 
         Args:
             url: SQLAlchemy database URL.
             create: also create any missing tables (``create_schema``).
+            options: timeouts, pool and retry defaults (default: ``DatabaseOptions()``).
         """
-        db = cls(make_engine(url))
+        options = options or DatabaseOptions()
+        db = cls(make_engine(url, options=options), options)
         if create:
             db.create_schema()
         return db
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = True) -> Database:
+        """Open ``settings.database_url`` with the settings' ``db_*`` options."""
+        return cls.from_url(
+            settings.database_url, create=create, options=DatabaseOptions.from_settings(settings)
+        )
 
     @property
     def dialect(self) -> str:
         """The backend's name, e.g. ``"sqlite"`` or ``"postgresql"``."""
         return self.engine.dialect.name
+
+    @property
+    def application_name(self) -> str | None:
+        """The ``application_name`` the pool's PostgreSQL connections carry, if any."""
+        if self.dialect != "postgresql":
+            return None
+        name = self.engine.url.query.get("application_name")
+        if isinstance(name, str):
+            return name
+        return self.options.resolved_application_name()[:63]
 
     def create_schema(self) -> None:
         """``create_schema(self.engine)``."""
@@ -711,20 +987,114 @@ class Database:
         Raises:
             Whatever the block raised (after rollback), or the database's error
             if the commit fails (e.g. ``sqlalchemy.exc.IntegrityError``).
+            Transient failures are raised as the driver reported them (see
+            ``is_transient``); ``run`` retries them.
         """
         session = self.sessionmaker()
         try:
             yield session
             session.commit()
         except BaseException:
-            session.rollback()
+            _rollback_quietly(session)
             raise
         finally:
             session.close()
 
+    def run(
+        self,
+        fn: Callable[[Session], _T],
+        *,
+        attempts: int | None = None,
+        idempotent: bool = False,
+        what: str = "database transaction",
+    ) -> _T:
+        """Run ``fn(session)`` in one transaction, retrying transient failures.
+
+        Each attempt gets a fresh session (and so, after a dropped connection,
+        a fresh pooled connection); between attempts the thread sleeps with
+        exponential backoff and jitter (``options.retry_base_delay_s``,
+        doubling, capped at 1 s), and none starts after
+        ``options.retry_budget_s``. Blocking: call from a worker thread.
+
+        Whether a failure may be retried depends on where it happened:
+
+        * before the commit was sent (a statement failed: dropped connection,
+          lock or statement timeout, SQLite busy), the database rolled the
+          transaction back, so running ``fn`` again is always safe;
+        * during the commit, the outcome is unknown (the commit may have been
+          applied just before the connection died). It is retried only if
+          ``idempotent`` is true, i.e. applying the transaction twice has the
+          same effect and answer as once (reads; upserts to a fixed value).
+
+        Args:
+            fn: the transaction's body; it may run more than once, so it must
+                not have side effects outside the session. Exceptions it
+                raises that are not transient (e.g. a typed refusal) end the
+                call at once, after rollback.
+            attempts: at most this many runs (default ``options.retry_attempts``).
+            idempotent: the whole transaction may be applied twice (see above).
+            what: names the transaction in logs and in the error.
+
+        Returns:
+            What ``fn`` returned in the attempt that committed.
+
+        Raises:
+            DatabaseUnavailable: every attempt failed transiently, or a commit
+                with an unknown outcome failed and ``idempotent`` is false.
+            Exception: anything non-transient ``fn`` or the commit raised.
+        """
+        total = attempts if attempts is not None else self.options.retry_attempts
+        if total < 1:
+            raise ValueError("attempts must be >= 1")
+        started = time.monotonic()
+        for attempt in range(1, total + 1):
+            session = self.sessionmaker()
+            committing = False
+            try:
+                result = fn(session)
+                committing = True
+                session.commit()
+                return result
+            except Exception as exc:
+                _rollback_quietly(session)
+                if not is_transient(exc):
+                    raise
+                if committing and not idempotent:
+                    raise DatabaseUnavailable(
+                        f"{what}: the database failed during commit ({_summary(exc)}); "
+                        "its outcome is unknown, so it was not retried"
+                    ) from exc
+                delay = min(1.0, self.options.retry_base_delay_s * 2 ** (attempt - 1))
+                spent = time.monotonic() - started
+                if attempt == total or spent + delay > self.options.retry_budget_s:
+                    raise DatabaseUnavailable(
+                        f"{what} failed {attempt} time(s) in {spent:.1f} s: {_summary(exc)}"
+                    ) from exc
+                log.warning(
+                    "%s: transient database failure, attempt %d of %d: %s",
+                    what,
+                    attempt,
+                    total,
+                    _summary(exc),
+                )
+            finally:
+                session.close()
+            # Jitter spreads the retries of many requests that failed together
+            # (one dropped pool); it is not secret material, so ``random`` is fine.
+            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def _rollback_quietly(session: Session) -> None:
+    """Roll back; a connection that is already gone cannot, and that is fine."""
+    try:
+        session.rollback()
+    except Exception as exc:  # the original error is the one worth raising
+        log.debug("rollback failed: %s", _summary(exc))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -778,12 +1148,16 @@ def purge_nonces(db: Database, older_than: datetime) -> int:
     Safe only if requests older than ``older_than`` are refused anyway (the
     authentication layer's timestamp window), otherwise they become replayable.
     """
-    with db.session() as session:
+
+    def purge(session: Session) -> int:
         result = cast(
             CursorResult[Any],
             session.execute(delete(RequestNonce).where(RequestNonce.seen_at < older_than)),
         )
         return result.rowcount
+
+    # Idempotent: a repeated delete removes nothing more (the count may then be 0).
+    return db.run(purge, idempotent=True, what="nonce purge")
 
 
 def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[int]:
@@ -801,10 +1175,15 @@ def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[i
         now: the abort time (default: ``utcnow()``).
 
     Returns:
-        The ids of the rounds aborted, ascending.
+        The ids of the rounds aborted, ascending (after a retried commit, those
+        of the last attempt).
+
+    Raises:
+        DatabaseUnavailable: the database failed transiently on every attempt.
     """
     finished_at = now or utcnow()
-    with db.session() as session:
+
+    def mark(session: Session) -> list[int]:
         ids = list(
             session.scalars(
                 select(Round.id)
@@ -825,3 +1204,7 @@ def mark_interrupted_rounds(db: Database, now: datetime | None = None) -> list[i
                 .execution_options(synchronize_session=False)
             )
         return ids
+
+    # Idempotent (a repeat finds no running round), so a start-up racing a
+    # database blip retries instead of failing.
+    return db.run(mark, idempotent=True, what="marking interrupted rounds")

@@ -24,16 +24,26 @@ class Settings(BaseSettings):
         default="sqlite:///secagg.db",
         description="SQLAlchemy URL; SQLite needs no set-up, e.g. postgresql+psycopg://...",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8443, ge=0, le=65535)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    host: str = Field(
+        default="127.0.0.1",
+        description="address to listen on (0.0.0.0 for every interface)",
+    )
+    port: int = Field(default=8443, ge=0, le=65535, description="TCP port to listen on")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="TLS certificate chain (PEM); with tls_key, the server speaks HTTPS",
+    )
+    tls_key: Path | None = Field(default=None, description="TLS private key (PEM)")
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for admin endpoints; if unset one is generated at start "
         "and written to admin_token_file",
     )
-    admin_token_file: Path = Path("secagg-admin-token")
+    admin_token_file: Path = Field(
+        default=Path("secagg-admin-token"),
+        description="where the generated admin token is kept (created once with mode 600 "
+        "and reused on restart; a file group or others can read is refused)",
+    )
     # -- transport limits (README "Service limits") --------------------------------
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -81,8 +91,17 @@ class Settings(BaseSettings):
         gt=0,
         description="how often request nonces older than the signature window are deleted",
     )
-    request_clock_skew_s: float = Field(default=300.0, gt=0)
-    long_poll_s: float = Field(default=20.0, gt=0, le=300)
+    request_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how far a signed request's timestamp may be from the server's clock",
+    )
+    long_poll_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="longest a long-poll (check-in, message fetch) is held open",
+    )
     checkin_ttl_s: float = Field(
         default=60.0, gt=0, description="a check-in counts as available for this long"
     )
@@ -106,8 +125,85 @@ class Settings(BaseSettings):
         description="a heartbeat is held open this long: while it is, its client is alive "
         "however busy; its connection closing marks the client gone at once",
     )
-    log_level: str = "info"
-    log_json: bool = True
+    # -- database: timeouts, pool, retries (secagg/db.py DatabaseOptions) ----------
+    db_lock_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL lock_timeout: a statement waiting this long for a lock fails "
+        "(the request gets 503 database_unavailable) instead of holding a worker",
+    )
+    db_statement_timeout_s: float = Field(
+        default=30.0, gt=0, le=86400, description="PostgreSQL statement_timeout"
+    )
+    db_idle_in_transaction_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="PostgreSQL idle_in_transaction_session_timeout: a transaction left open "
+        "this long is ended by the database, releasing its locks",
+    )
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="longest wait for a new PostgreSQL connection"
+    )
+    db_busy_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600, description="SQLite: longest wait for the write lock"
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=1000, description="pooled connections")
+    db_max_overflow: int = Field(
+        default=10, ge=0, le=1000, description="connections opened beyond the pool under load"
+    )
+    db_pool_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="longest wait for a free pooled connection (then 503 database_unavailable)",
+    )
+    db_retry_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="attempts of a retried transaction (authentication) on transient failures",
+    )
+    db_retry_budget_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="no retry of a transaction starts this long after its first attempt "
+        "(a lock or statement timeout is answered with 503, not repeated)",
+    )
+    db_retry_after_s: int = Field(
+        default=2,
+        ge=1,
+        le=3600,
+        description="Retry-After of a 503 database_unavailable answer",
+    )
+    db_application_name: str | None = Field(
+        default=None,
+        max_length=50,
+        description="PostgreSQL application_name of the server's connections (default "
+        "secagg-<pid>); the writer lock's connection adds '/writer'",
+    )
+    # -- single writer (secagg/writer_lock.py) --------------------------------------
+    standby: bool = Field(
+        default=False,
+        description="if another server holds the database's writer lock, wait and take over "
+        "when it is released, instead of refusing to start",
+    )
+    standby_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often a standby tries the writer lock"
+    )
+    writer_lock_check_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=5,
+        description="how often the PostgreSQL writer lock's connection is checked; if it is "
+        "gone, or silent for 15 s, the server exits (it may no longer be the only writer)",
+    )
+    log_level: str = Field(
+        default="info", description="debug, info, warning or error (also uvicorn's)"
+    )
+    log_json: bool = Field(default=True, description="one JSON object per log line")
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -70,6 +71,8 @@ class FedAdam:
     def __init__(
         self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
+        if server_lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or tau <= 0:
+            raise ValueError("need server_lr > 0, 0 <= beta1 < 1, 0 <= beta2 < 1 and tau > 0")
         self.lr, self.b1, self.b2, self.tau = server_lr, beta1, beta2, tau
 
     def apply(
@@ -83,15 +86,84 @@ class FedAdam:
         return out.astype(np.float32), _save(m, v)
 
 
+# -- task-level specification (validated when a task is created) ------------------
+#
+# One pydantic model per strategy, extra fields forbidden, discriminated by
+# ``name``: a misspelled parameter or an unknown strategy is refused with 422
+# when the task is created, instead of failing every round in aggregation.
+# The bounds are the constructors' own, so a spec that validates always builds.
+
+
+class FedAvgSpec(BaseModel):
+    """FedAvg with a server learning rate and optional heavy-ball momentum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["fedavg"] = Field(description="strategy name")
+    server_lr: float = Field(
+        default=1.0, gt=0, le=1e6, description="server learning rate (1.0 is plain FedAvg)"
+    )
+    momentum: float = Field(
+        default=0.0, ge=0, lt=1, description="heavy-ball momentum on the mean update (0: none)"
+    )
+
+
+class FedAdamSpec(BaseModel):
+    """FedAdam (Reddi et al., ICLR 2021): Adam on the server, the mean update as gradient."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["fedadam"] = Field(description="strategy name")
+    server_lr: float = Field(default=0.01, gt=0, le=1e6, description="server learning rate")
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="first-moment decay")
+    beta2: float = Field(default=0.99, ge=0, lt=1, description="second-moment decay")
+    tau: float = Field(default=1e-3, gt=0, le=1e6, description="adaptivity (denominator floor)")
+
+
+StrategySpec = Annotated[FedAvgSpec | FedAdamSpec, Field(discriminator="name")]
+"""A task's ``strategy`` field: ``{"name": "fedavg" | "fedadam", ...its parameters}``."""
+
 STRATEGIES: Mapping[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedadam": FedAdam}
+STRATEGY_SPECS: Mapping[str, type[BaseModel]] = {"fedavg": FedAvgSpec, "fedadam": FedAdamSpec}
+
+_SPEC = TypeAdapter[FedAvgSpec | FedAdamSpec](StrategySpec)
+
+
+def parse_strategy(spec: Mapping[str, Any]) -> FedAvgSpec | FedAdamSpec:
+    """Validate a strategy specification.
+
+    Raises:
+        ValueError: unknown strategy (the message lists the known ones), an
+            unknown parameter (listing the valid ones) or a value out of range.
+    """
+    name = spec.get("name", "fedavg")
+    if not isinstance(name, str) or name not in STRATEGY_SPECS:
+        raise ValueError(f"unknown strategy {name!r}; valid strategies: {sorted(STRATEGY_SPECS)}")
+    model = STRATEGY_SPECS[name]
+    unknown = sorted(set(spec) - set(model.model_fields))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for strategy {name!r}; "
+            f"valid parameters: {sorted(model.model_fields)}"
+        )
+    try:
+        return _SPEC.validate_python({**spec, "name": name})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'strategy'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ValueError(f"strategy {name!r}: {problems}") from exc
 
 
 def make_strategy(spec: Mapping[str, Any]) -> Strategy:
-    """``{"name": "fedavg", "server_lr": 1.0, "momentum": 0.9}`` -> a strategy."""
-    params = dict(spec)
-    name = str(params.pop("name", "fedavg"))
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    """``{"name": "fedavg", "server_lr": 1.0, "momentum": 0.9}`` -> a strategy.
+
+    Raises:
+        ValueError: as :func:`parse_strategy`.
+    """
+    params = parse_strategy(spec).model_dump()
+    name = params.pop("name")
     return STRATEGIES[name](**params)
 
 

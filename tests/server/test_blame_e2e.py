@@ -28,6 +28,7 @@ from protocol.messages import ShareKeys, UnmaskResponse, decode_message
 from protocol.shamir import FIELD_PRIME, decode_share, encode_share
 from secagg.cli import main
 from tests.server.helpers import (
+    ADMIN,
     admin,
     new_token,
     running_server,
@@ -255,11 +256,13 @@ def test_holder_lying_in_r4_is_blamed_not_the_owners_and_aborts_fail_the_task(
         assert [v["version"] for v in task["versions"]] == [1]
         honest = {k: v for k, v in first["client_status"].items() if int(k) != liar_id}
         assert {v["status"] for v in honest.values()} == {"aborted"}
-    # The operator sees it in `secagg status`.
-    assert main(["status", "--database-url", f"sqlite:///{tmp_path / 'secagg.db'}"]) == 0
+        # The operator sees it in `secagg status`.
+        capsys.readouterr()
+        status = ["status", "--server", url, "--token", ADMIN, "--task", str(task_id)]
+        assert main(status) == 0
     out = capsys.readouterr().out
-    assert f"task {task_id}: quarantined" in out
-    assert "failed" in out
+    assert f"quarantined: client {liar_id} since round 1 (share_off_polynomial)" in out
+    assert f"task {task_id} " in out and ": failed" in out
 
 
 def test_admin_lists_and_lifts_quarantine(tmp_path: Path) -> None:

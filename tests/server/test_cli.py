@@ -1,29 +1,18 @@
-"""The operator's commands: token create, status, dev-cert; the OpenAPI document."""
+"""The operator's commands: dev-cert, serve; the OpenAPI document.
+
+The admin commands over HTTP (token create, status, task, model pull) are in
+``test_admin_tools.py``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
-from secagg import db as dbm
 from secagg.app import create_app
 from secagg.cli import main
 from secagg.settings import Settings
-
-
-def test_token_create_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path / 'x.db'}"
-    assert main(["token", "create", "--label", "site-a", "--database-url", url]) == 0
-    token = capsys.readouterr().out.strip()
-    assert token.startswith("sa1_")
-    db = dbm.Database.from_url(url)
-    with db.session() as s:
-        row = s.query(dbm.EnrolmentToken).one()
-        assert row.label == "site-a" and row.token_hash == dbm.hash_token(token)
-    assert main(["status", "--database-url", url]) == 0
-    assert "enrolled clients" in capsys.readouterr().out
 
 
 def test_dev_cert_writes_a_private_key_only_the_owner_reads(tmp_path: Path) -> None:

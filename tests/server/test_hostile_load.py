@@ -7,7 +7,8 @@ body stalled ``/healthz`` for 30 s, three chunked uploads took the server from
 
 The bounds are generous for a machine shared by several test runs, yet far
 from what the attacks did before: every probe must be answered, p99 under
-1 s (measured: ~0.1 s on a loaded 2-core machine), the server's RSS must
+3 s (measured: ~0.1 s on a quiet 2-core machine, 1.1 s at load 10 with the
+un-attacked baseline's p99 at 0.6 s; before the fix: 30 s), the server's RSS must
 grow by less than 48 MiB while 600 MiB uploads are attempted.
 """
 
@@ -29,7 +30,7 @@ def test_healthz_and_memory_hold_while_hostile_clients_attack(tmp_path: Path) ->
     # /healthz from an honest host answers every probe, promptly.
     assert result["probes"] >= 20
     assert result["probe_failures"] == []
-    assert result["healthz_p99_ms"] < 1000.0
+    assert result["healthz_p99_ms"] < 3000.0
     # Unauthenticated 600 MiB chunked uploads: refused with 413 and cut off; the
     # server's memory does not follow them.
     assert result["uploads"] >= 1

@@ -25,7 +25,9 @@ from secagg.settings import Settings
 from tests.server.helpers import ADMIN, running_server
 
 # The document exactly as the app serves it.
-_DOC = create_app(Settings(database_url=f"sqlite:///{tempfile.mkdtemp()}/doc.db")).openapi()
+_DOC = create_app(
+    Settings(database_url=f"sqlite:///{tempfile.mkdtemp()}/doc.db", admin_token="doc")
+).openapi()
 SCHEMA = schemathesis.openapi.from_dict(_DOC)
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 CHECKS = [

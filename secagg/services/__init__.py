@@ -1,0 +1,1 @@
+"""Service functions: the business logic behind the HTTP handlers (which stay thin)."""

@@ -34,7 +34,14 @@ T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database failure that a new attempt may not meet (connection loss, lock, timeout)."""
+    """A database failure that a new attempt may not meet (connection loss, lock, timeout).
+
+    Broader than :func:`secagg.db.is_transient` (which it includes): finishing a
+    round is worth a few retries on any ``OperationalError``; a constraint
+    violation (``IntegrityError``) or a bug is never retried.
+    """
+    if dbm.is_transient(exc):
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError | InterfaceError)

@@ -278,7 +278,8 @@ COHORT = 5  # the smallest cohort a default client accepts (specs/secagg-v1.md ย
 
 
 def _round_for(url: str, idents: list[Identity]) -> int:
-    """Create a ``len(idents)``-client task and have ``idents`` check in; the round's id."""
+    """Create a ``len(idents)``-client task, have ``idents`` check in, report ready
+    (no training) and wait for the session: the round's id, in R0."""
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
         r = http.post(
             "/v1/admin/tasks",
@@ -300,7 +301,14 @@ def _round_for(url: str, idents: list[Identity]) -> int:
         for _ in range(10):
             resp = httpx.post(url + path, headers=_signed(ident, "POST", path), timeout=30)
             if resp.status_code == 200:
-                ids.append(int(resp.json()["round_id"]))
+                rid = int(resp.json()["round_id"])
+                for step, method in (("ready", "POST"), ("session", "GET")):
+                    p = f"/v1/rounds/{rid}/{step}"
+                    while httpx.request(
+                        method, url + p, headers=_signed(ident, method, p), timeout=30
+                    ).status_code not in (200, 202):
+                        pass
+                ids.append(rid)
                 return
 
     threads = [threading.Thread(target=checkin, args=(i,)) for i in idents]
@@ -335,7 +343,9 @@ def _probe_process(url: str, duration_s: float) -> subprocess.Popen[bytes]:
 
 
 def run(work: Path, duration_s: float = 20.0) -> dict[str, Any]:
-    proc, url = start_server(work)
+    # The attacked round must stay in R0 while the participants only attack (no
+    # heartbeats): a liveness timeout far beyond the attack (specs/service-v1.md ยง4).
+    proc, url = start_server(work, SECAGG_LIVENESS_TIMEOUT_S="600")
     try:
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
             tokens = [

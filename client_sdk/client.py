@@ -49,8 +49,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import logging
+import os
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +91,7 @@ from protocol.authority import (
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
 from protocol.errors import ConfigError, DecodeError, SecAggError
 from protocol.policy import DEFAULT_MIN_PARTICIPANTS, PolicyError, SessionPolicy, check_session
-from protocol.transport import CBOR_MEDIA_TYPE, session_context
+from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
 
 log = logging.getLogger("secagg.client")
 
@@ -160,6 +164,144 @@ class RoundOutcome:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    # The model version the round committed (state "completed" only).
+    version: int | None = None
+
+
+# How long a client waits for the outcome of a round it finished its part of.
+OUTCOME_WAIT_S = 900.0
+
+
+@dataclass
+class _Tally:
+    """What one round cost this client so far."""
+
+    number: int
+    started: float
+    sent: int = 0
+    received: int = 0
+    version: int | None = None
+
+    def outcome(self, state: str, reason: str | None = None) -> RoundOutcome:
+        return RoundOutcome(
+            self.number,
+            state,
+            reason,
+            self.sent,
+            self.received,
+            time.monotonic() - self.started,
+            self.version,
+        )
+
+
+class _Heartbeat:
+    """Heartbeats from a thread of their own (service-v1.md §4), from the assignment
+    until the outcome is known: a client busy training is not taken for gone.
+
+    The server may hold a heartbeat open: its open connection is the proof of
+    life, and its closing (the process died) tells the server at once. The
+    thread keeps a connection of its own, which :meth:`stop` shuts down, so a
+    client that stops taking part (the fault hook simulates a crash) is seen
+    gone at once too. (``http.client``, not httpx: closing an httpx client
+    leaves an in-flight request's socket open.) Failures are not retried
+    here: the next beat is the retry.
+    """
+
+    def __init__(self, client: Client, round_id: int, interval_s: float) -> None:
+        self.client, self.round_id = client, round_id
+        self.interval_s = min(max(interval_s, 0.2), 60.0)
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self._thread = threading.Thread(
+            target=self._loop, name=f"secagg-heartbeat-{round_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        with self._lock:
+            conn = self._conn
+        if conn is not None and conn.sock is not None:
+            # Unblocks a held request; the server sees the connection close now.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        url = self.client._http.base_url
+        host, port = url.host, url.port
+        timeout = self.client._timeout_s
+        conn: http.client.HTTPConnection
+        if url.scheme == "https":
+            tls = self.client._tls
+            context = tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context()
+            if tls is False:  # verification explicitly disabled by the operator
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        return conn
+
+    def _beat(self, path: str, prefix: str) -> int:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connection()
+            conn = self._conn
+        headers = sign_request(
+            self.client.identity.secret,
+            self.client.client_id,
+            "POST",
+            path,
+            int(time.time()),
+            os.urandom(16).hex(),
+            b"",
+        )
+        try:
+            # Signed as _request signs (the path under the base URL), sent under it.
+            conn.request("POST", prefix + path, body=b"", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except Exception:
+            with self._lock:
+                self._conn = None  # a new connection for the next beat
+            conn.close()
+            raise
+
+    def _loop(self) -> None:
+        # The next beat leaves interval_s after the previous one was sent.
+        prefix = self.client._http.base_url.raw_path.decode().rstrip("/")
+        path = f"/v1/rounds/{self.round_id}/heartbeat"
+        while not self._stopped.is_set():
+            sent = time.monotonic()
+            try:
+                status = self._beat(path, prefix)
+            except Exception as exc:  # a heartbeat never takes the client down
+                if self._stopped.is_set():
+                    return
+                log.debug("round %d: heartbeat failed: %s", self.round_id, exc)
+            else:
+                if status == 410:
+                    return  # the round is over (for this client)
+            self._stopped.wait(max(0.0, self.interval_s - (time.monotonic() - sent)))
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+
+
+def _refused(response: httpx.Response) -> RequestRefused:
+    try:
+        err = response.json()
+        code, detail = str(err.get("error")), str(err.get("detail"))
+    except ValueError:
+        code, detail = "http_error", response.text[:200]
+    return RequestRefused(response.status_code, code, detail)
 
 
 # The stage a client has reached once the server accepted its message of this type.
@@ -536,22 +678,29 @@ class Client:
         )
 
     def participate(self) -> RoundOutcome | None:
-        """Check in once; if selected, run the round. None if not selected this time."""
+        """Check in once; if selected, run the round. None if not selected this time.
+
+        The round follows specs/service-v1.md §3: train, report ready, check the
+        session formed among the ready clients, R0..R4, then the outcome poll;
+        ``completed`` only from the server's outcome (the version is committed).
+
+        Raises:
+            RequestRefused: among others 409 ``task_paused`` (check in later),
+                410 ``task_finished`` (the task is over), 404 ``unknown_task``.
+            PolicyViolation: the round or its session is one this client refuses
+                (nothing was sent).
+        """
         response = self._request("POST", f"/v1/tasks/{self.task_id}/checkin")
         if response.status_code == 204:
             return None
+        if response.status_code == 410:
+            raise _refused(response)
         return self._round(response.json())
 
     def _round(self, a: dict[str, Any]) -> RoundOutcome:
         started = time.monotonic()
         number = int(a["round_number"])
-        try:
-            config = SessionConfig.decode(bytes.fromhex(a["config"]))
-        except (DecodeError, ValueError) as exc:
-            raise ClientError(
-                f"the server proposed a session this client cannot read (protocol or "
-                f"version mismatch?): {exc}"
-            ) from exc
+        round_id = int(a["round_id"])
         encoding = RoundEncoding(
             FixedPointEncoding(
                 clip=float(a["encoding"]["clip"]),
@@ -563,9 +712,46 @@ class Client:
             loss_scale=float(a["encoding"]["loss_scale"]),
         )
         base_version = int(a["base_version"])
-        self._check_policy(config, encoding, number, int(a["model_length"]))
+        model_length = int(a["model_length"])
+        # Before training: what the assignment already lets this client check.
+        self._check_assignment(a, model_length)
         self._check_ledger(base_version)
-        roster, authority = self._check_roster(config, a.get("roster"))
+        log.info(
+            "client %d: round %d (id %d) assigned on base version %d; training",
+            self.client_id,
+            number,
+            round_id,
+            base_version,
+        )
+        beat = _Heartbeat(self, round_id, float(a.get("heartbeat_s", 1.0)))
+        beat.start()
+        tally = _Tally(number, started)
+        try:
+            outcome = self._take_part(a, round_id, number, encoding, base_version, beat, tally)
+        finally:
+            beat.stop()
+        log.info(
+            "client %d: round %d %s%s: sent %d B, received %d B, %.1f s",
+            self.client_id,
+            number,
+            outcome.state,
+            f" ({outcome.abort_reason})" if outcome.abort_reason else "",
+            outcome.bytes_sent,
+            outcome.bytes_received,
+            outcome.seconds,
+        )
+        return outcome
+
+    def _take_part(
+        self,
+        a: dict[str, Any],
+        round_id: int,
+        number: int,
+        encoding: RoundEncoding,
+        base_version: int,
+        beat: _Heartbeat,
+        tally: _Tally,
+    ) -> RoundOutcome:
         if self.on_assignment is not None:
             self.on_assignment(a)
         base = self._download(base_version)
@@ -575,6 +761,22 @@ class Client:
         delta = self.model.get_weights().astype(np.float64) - base
         weight = max(0, min(examples, encoding.update.max_weight))
         vector = encoding.encode(delta, weight, metrics, self._rng)
+        # Training done: join the session (keys are advertised after training).
+        if self._request("POST", f"/v1/rounds/{round_id}/ready").status_code == 410:
+            return tally.outcome("dropped", "too_late")
+        formed = self._await_session(round_id)
+        if formed is None:
+            return tally.outcome("dropped", "too_late")
+        try:
+            config = SessionConfig.decode(bytes.fromhex(str(formed["config"])))
+        except (DecodeError, ValueError) as exc:
+            raise ClientError(
+                f"the server proposed a session this client cannot read (protocol or "
+                f"version mismatch?): {exc}"
+            ) from exc
+        # Before R0: the session itself (policy, certification); nothing sent if refused.
+        self._check_policy(config, encoding, number, int(a["model_length"]))
+        roster, authority = self._check_roster(config, formed.get("roster"))
         session = ClientSession(
             config,
             self.client_id,
@@ -585,33 +787,35 @@ class Client:
             authority=authority,
             policy=self._session_policy,
         )
-        sent = received = 0
+        log.info(
+            "client %d: round %d session of %d participants formed; R0",
+            self.client_id,
+            number,
+            config.num_participants,
+        )
         if self._faulty(number, Round.R0_ADVERTISE_KEYS):
-            return RoundOutcome(number, "dropped", seconds=time.monotonic() - started)
+            beat.stop()
+            return tally.outcome("dropped")
         msg = session.start()
-        try:
-            self._post(a["round_id"], msg)
-        except RequestRefused as exc:
-            if exc.status not in (409, 410):
-                raise
-            # The round closed before our keys arrived (e.g. its R0 deadline passed).
-            return RoundOutcome(number, "aborted", exc.code, 0, 0, time.monotonic() - started)
-        sent += len(msg)
+        if not self._post(round_id, msg):
+            return tally.outcome("dropped", "late")
+        tally.sent += len(msg)
         seq = 0
         while session.round not in (Round.COMPLETED, Round.ABORTED):
-            response = self._request("GET", f"/v1/rounds/{a['round_id']}/messages/{seq}")
+            response = self._request("GET", f"/v1/rounds/{round_id}/messages/{seq}")
             if response.status_code == 204:
                 continue
             if response.status_code == 410:
                 break  # the round ended without another message for us
             data = response.content
-            received += len(data)
+            tally.received += len(data)
             seq += 1
             try:
                 reply = session.receive(data)
             except SecAggError as exc:
                 log.warning("round %d: refused a server message: %s", number, exc)
-                break
+                why = session.abort_reason.value if session.abort_reason else "refused"
+                return tally.outcome("aborted", why)
             if reply is None:
                 continue
             # The reply belongs to the stage the session has just entered
@@ -619,28 +823,109 @@ class Client:
             after = Round(session.round)  # re-read: receive() moved it
             stage = Round.R4_UNMASKING if after is Round.COMPLETED else after
             if self._faulty(number, stage):
-                return RoundOutcome(
-                    number, "dropped", None, sent, received, time.monotonic() - started
-                )
+                beat.stop()
+                return tally.outcome("dropped")
             if stage is Round.R2_MASKED_INPUT_COLLECTION:
                 # §4.7 differencing: recorded (durably) before the masked input leaves.
                 self.ledger.record(self._server_key, self.task_id, base_version)
-            try:
-                self._post(a["round_id"], reply)
-            except RequestRefused as exc:
-                if exc.status == 410:
-                    break
-                raise
-            sent += len(reply)
-        state = "completed" if session.round is Round.COMPLETED else "aborted"
-        reason = session.abort_reason.value if session.abort_reason else None
-        return RoundOutcome(number, state, reason, sent, received, time.monotonic() - started)
+            if not self._post(round_id, reply):
+                return tally.outcome("dropped", "late")
+            tally.sent += len(reply)
+        # The protocol part is over; only the server's outcome says "completed".
+        return self._await_outcome(round_id, tally)
+
+    def _await_session(self, round_id: int) -> dict[str, Any] | None:
+        """The session formed among the ready clients; None if formed without us."""
+        while True:
+            response = self._request("GET", f"/v1/rounds/{round_id}/session")
+            if response.status_code == 204:
+                continue
+            if response.status_code == 410:
+                return None
+            formed = response.json()
+            if not isinstance(formed, dict):
+                raise ClientError("the server's session answer is not a JSON object")
+            return formed
+
+    def _await_outcome(self, round_id: int, tally: _Tally) -> RoundOutcome:
+        """Long-poll the round's outcome (bounded by ``OUTCOME_WAIT_S``)."""
+        give_up = time.monotonic() + OUTCOME_WAIT_S
+        while time.monotonic() < give_up:
+            response = self._request("GET", f"/v1/rounds/{round_id}/outcome")
+            if response.status_code == 204:
+                continue
+            if response.status_code == 410:
+                break
+            decided = response.json()
+            if decided.get("status") == "completed":
+                tally.version = int(decided["version"])
+                return tally.outcome("completed")
+            return tally.outcome("aborted", str(decided.get("reason")))
+        return tally.outcome("aborted", "outcome_unknown")
+
+    def _check_assignment(self, a: dict[str, Any], model_length: int) -> None:
+        """What a client can refuse before it trains (service-v1.md §3.1); nothing sent."""
+        if model_length != self.model.num_weights:
+            raise PolicyViolation(
+                f"task model has {model_length} weights, local model {self.model.num_weights}"
+            )
+        mode = a.get("mode")
+        if mode is None:
+            return
+        pinned = self.identity.authority_key
+        if mode != Mode.ACTIVE.value:
+            if pinned is not None:
+                raise PolicyViolation(
+                    "this client pins a task authority and takes part only in active-mode sessions"
+                )
+            if not self.policy.allow_semi_honest:
+                raise PolicyViolation(
+                    "the task runs semi-honest sessions, which this client's policy refuses"
+                )
+            return
+        if pinned is None:
+            if self.policy.require_certified_identities:
+                raise PolicyViolation(
+                    "this client pins no task authority, so nothing certifies the identity "
+                    "keys the server will put in the session; enrol with --authority-key (or "
+                    "opt out with require_certified_identities=False)"
+                )
+            return
+        if "roster" not in a:
+            return
+        relayed = a["roster"]
+        if not isinstance(relayed, str) or not relayed:
+            raise PolicyViolation(
+                "the server relayed no roster of the pinned task authority for an active task"
+            )
+        floor = max(self.roster_min_serial, self.ledger.roster_floor(pinned, self.roster_scope))
+        authority = PinnedAuthority(pinned, self.roster_scope, int(time.time()), floor)
+        try:
+            roster = verify_roster(bytes.fromhex(relayed), authority)
+        except ValueError as exc:
+            raise PolicyViolation(f"the relayed roster is not hex: {exc}") from exc
+        except CertificationError as exc:
+            raise PolicyViolation(f"the relayed roster is refused: {exc}") from exc
+        if roster.key_of(self.client_id) != self.identity.public_key:
+            raise PolicyViolation(
+                f"the task authority's roster does not certify client {self.client_id}'s key"
+            )
 
     def _faulty(self, number: int, stage: Round) -> bool:
         return self.fault is not None and self.fault(number, stage)
 
-    def _post(self, round_id: int, data: bytes) -> None:
-        self._request("POST", f"/v1/rounds/{round_id}/messages", data, CBOR_MEDIA_TYPE)
+    def _post(self, round_id: int, data: bytes) -> bool:
+        """Send one protocol message; False if its stage is over (409/410): dropped."""
+        try:
+            response = self._request(
+                "POST", f"/v1/rounds/{round_id}/messages", data, CBOR_MEDIA_TYPE
+            )
+        except RequestRefused as exc:
+            if exc.status == 409:
+                log.info("round %d: message refused as late (%s)", round_id, exc.code)
+                return False
+            raise
+        return response.status_code != 410
 
     def _download(self, version: int) -> npt.NDArray[np.float64]:
         """Model ``version`` of the task, checked before use (cached for the next round).

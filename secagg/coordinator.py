@@ -19,8 +19,15 @@ from secagg import metrics as prom
 from secagg.admin_token import resolve_admin_token
 from secagg.api.errors import ApiError
 from secagg.auth import purge_stale_nonces
-from secagg.orchestrator import RoundDriver, TaskRunner
+from secagg.orchestrator import (
+    SERVER_SHUTDOWN,
+    Liveness,
+    LiveRound,
+    TaskRunner,
+    task_unavailable,
+)
 from secagg.registry import ModelRegistry
+from secagg.round_store import RoundStore
 from secagg.settings import Settings
 
 log = logging.getLogger("secagg.coordinator")
@@ -32,6 +39,10 @@ class Coordinator:
     def __init__(self, settings: Settings, db: dbm.Database) -> None:
         self.settings, self.db = settings, db
         self.registry = ModelRegistry(db, cache_bytes=settings.model_cache_bytes)
+        self.store = RoundStore(db, self.registry)
+        self.liveness = Liveness(
+            settings.heartbeat_s, settings.liveness_timeout_s, hold_s=settings.heartbeat_hold_s
+        )
         self.runners: dict[int, TaskRunner] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.admin_token = resolve_admin_token(settings.admin_token, settings.admin_token_file)
@@ -45,7 +56,14 @@ class Coordinator:
     def start_runner(self, task_id: int) -> None:
         if task_id in self._tasks and not self._tasks[task_id].done():
             return
-        runner = TaskRunner(self.db, self.registry, task_id, events=self.event)
+        runner = TaskRunner(
+            self.db,
+            self.registry,
+            task_id,
+            events=self.event,
+            liveness=self.liveness,
+            store=self.store,
+        )
         self.runners[task_id] = runner
         self._tasks[task_id] = asyncio.get_running_loop().create_task(runner.run())
 
@@ -63,17 +81,40 @@ class Coordinator:
             )
 
     async def stop(self) -> None:
-        for runner in self.runners.values():
-            runner.stop()
+        # Running rounds are closed (server_shutdown) and recorded before exit.
+        await asyncio.gather(
+            *(r.shutdown(SERVER_SHUTDOWN) for r in self.runners.values()),
+            return_exceptions=True,
+        )
         for t in self._tasks.values():
             t.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    def runner(self, task_id: int) -> TaskRunner:
+    async def runner(self, task_id: int) -> TaskRunner:
+        """The task's running round loop, or why there is none (404, 409, 410, 503)."""
         runner = self.runners.get(task_id)
-        if runner is None or runner.finished:  # e.g. completed or failed: clients stop
-            raise ApiError(404, "unknown_task", f"task {task_id} is not running")
+        if runner is None or runner.finished:  # e.g. completed, failed or paused
+            raise await task_unavailable(self.store, task_id)
         return runner
+
+    def client_seen(self, client_id: int) -> None:
+        """An authenticated request: the client is alive (round liveness, service-v1 §4)."""
+        for runner in self.runners.values():
+            runner.touch(client_id)
+
+    async def hold_heartbeat(self, client_id: int, receive: Any) -> None:
+        """Hold a selected client's heartbeat open (service-v1 §4)."""
+        for runner in self.runners.values():
+            if runner.current is not None and client_id in runner.current.selected:
+                await runner.hold_heartbeat(client_id, receive)
+                return
+
+    def live_round(self, round_id: int) -> LiveRound | None:
+        for runner in self.runners.values():
+            live = runner.live_round(round_id)
+            if live is not None:
+                return live
+        return None
 
     def may_download(self, task_id: int, client_id: int) -> bool:
         """Whether the client has ever been assigned a round of the task (blocking: DB)."""
@@ -103,9 +144,8 @@ class Coordinator:
                 log.exception("purging request nonces failed")
             await asyncio.sleep(self.settings.nonce_purge_interval_s)
 
-    def round_driver(self, round_id: int) -> RoundDriver:
-        for runner in self.runners.values():
-            driver = runner.rounds.get(round_id)
-            if driver is not None:
-                return driver
-        raise ApiError(410, "round_over", f"round {round_id} is not running")
+    def running_round(self, round_id: int) -> LiveRound:
+        live = self.live_round(round_id)
+        if live is None:
+            raise ApiError(410, "round_over", f"round {round_id} is not running")
+        return live

@@ -396,7 +396,7 @@ class Task(Base):
     deadlines: Mapped[dict[str, float]] = mapped_column(_json())
     strategy: Mapped[dict[str, Any]] = mapped_column(_json())
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary)
-    # Seconds a selected client has to train and report ready (task setting).
+    # Seconds a selected client has to train and report ready (service-v1.md §3).
     training_window_s: Mapped[float] = mapped_column(Float, default=600.0)
     # [{"name", "shape", "dtype"}] in flat-vector order, when the initial model
     # had named tensors (a torch state_dict, safetensors); None for a flat vector.
@@ -554,8 +554,10 @@ class Round(Base):
         _enum(RoundStatus, "status"), default=RoundStatus.RUNNING
     )
     abort_reason: Mapped[str | None] = mapped_column(String(200))
-    session_id: Mapped[bytes] = mapped_column(LargeBinary(SESSION_ID_BYTES), unique=True)
-    config: Mapped[bytes] = mapped_column(LargeBinary)
+    # Both NULL during the training window: the session is formed afterwards,
+    # among the clients that finished training (specs/service-v1.md §3).
+    session_id: Mapped[bytes | None] = mapped_column(LargeBinary(SESSION_ID_BYTES), unique=True)
+    config: Mapped[bytes | None] = mapped_column(LargeBinary)
     participants: Mapped[list[int]] = mapped_column(_json())
     stage_stats: Mapped[dict[str, StageStats]] = mapped_column(_json(), default=dict)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

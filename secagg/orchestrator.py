@@ -1,68 +1,109 @@
-"""Round orchestration: drives ServerSessions with deadlines over per-client mailboxes.
+"""Round orchestration: selection, the training window, R0..R4 over mailboxes, the outcome.
 
-The protocol's ServerSession never owns time; this module does. For each
-stage it waits until every expected client has sent (``ready()``) or the
-stage's deadline passes, then calls ``advance()``; whoever has not sent by
-then has dropped out. Clients receive the server's messages by long-polling
-their mailbox, so a client that disconnects or crashes is just a dropout.
+The protocol's ServerSession never owns time; this module does. A round
+(specs/service-v1.md §3) goes:
 
-One :class:`TaskRunner` per active task runs rounds one after another:
-select clients among those checked in, build the session configuration
-(graph and threshold derived from the task's dropout/corruption
-assumptions), run the secure aggregation, decode the weighted mean update
-and the evaluation sums, apply the strategy, and store the new model
-version. A round that aborts stores nothing but its record: why each client
-dropped or was refused, and whom the unmasking blamed (specs/secagg-v1.md
-§13.1, §16). Blamed clients are quarantined from the task's later rounds
-until an operator lifts it. Only completed rounds count towards the task's
-``rounds``; ``max_aborted_rounds`` aborts in a row fail the task.
+1. **selection**: among the clients long-polling their check-in, up to
+   ``clients_per_round`` (at least ``min_clients``) get a training
+   assignment; the round row is inserted with them as the invited clients.
+2. **training window** (``training_window_s``, minutes to hours): each
+   selected client trains, encodes, and reports ready. The window closes
+   as soon as every selected client is ready or gone, or when it expires.
+3. **session**: formed among the ready clients (threshold and graph derived
+   from that actual cohort, :func:`secagg.round_plan.plan_session`); fewer
+   than ``min_clients`` ready aborts the round ``too_few_trained``.
+4. **R0..R4** with short deadlines (:func:`secagg.round_plan.stage_deadlines`):
+   each stage closes as soon as every expected client has sent or is gone.
+5. **outcome**: ``completed`` only once the new version is committed;
+   otherwise ``aborted`` with a reason.
+
+Liveness (§4): a participant is *gone* once it has sent no authenticated
+request for ``Liveness.timeout_s``; clients send heartbeats from a thread
+of their own, and every signed request counts (:meth:`TaskRunner.touch`).
+A SIGKILLed client therefore costs a stage a few seconds, not a deadline.
+
+One :class:`TaskRunner` per active task runs rounds one after another. A
+round that aborts stores nothing but its record: why each client dropped or
+was refused, and whom the unmasking blamed (specs/secagg-v1.md §13.1, §16).
+Blamed clients are quarantined from the task's later rounds until an
+operator lifts it. Only completed rounds count towards the task's
+``rounds``; ``max_aborted_rounds`` aborts in a row fail the task; a failed
+aggregation (strategy error, non-finite weights, undecodable sum) pauses it.
+All database work runs in worker threads (:mod:`secagg.round_store`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from protocol import (
-    ClientRecord,
-    GraphKind,
-    Mode,
-    Round,
-    ServerSession,
-    SessionConfig,
-)
-from protocol.encoding import FixedPointEncoding, RoundEncoding
-from protocol.errors import AbortReason, ConfigError, ParameterError, RemoteProtocolError
+from protocol import ClientRecord, Round, ServerSession, SessionConfig
+from protocol.encoding import RoundEncoding
+from protocol.errors import AbortReason, ConfigError, RemoteProtocolError
 from protocol.messages import ClientMessage, decode_message
-from protocol.params import AdversaryClass, derive_parameters
-from protocol.policy import SessionPolicy, check_parameters, smallest_threshold
-from protocol.transport import session_context
 from secagg import db as dbm
 from secagg.registry import ModelRegistry
+from secagg.round_plan import (
+    AUTO_HARARY_MIN_CLIENTS,
+    Assignment,
+    Liveness,
+    check_task_parameters,
+    choose_graph,
+    plan_session,
+    plan_training,
+    round_encoding,
+    server_policy,
+    training_window,
+)
+from secagg.round_store import Completed, RoundStore
 from secagg.strategies import ClientSelector, UniformSelector, make_strategy
-from secagg.update import next_model
+from secagg.update import ModelUpdate, next_model
+
+__all__ = [
+    "AUTO_HARARY_MIN_CLIENTS",
+    "Assignment",
+    "LifecycleError",
+    "LiveRound",
+    "Liveness",
+    "RoundDriver",
+    "TaskRunner",
+    "check_task_parameters",
+    "choose_graph",
+    "expected_bytes",
+    "load_quarantined",
+    "round_encoding",
+    "server_policy",
+]
 
 log = logging.getLogger("secagg.orchestrator")
 
-AUTO_HARARY_MIN_CLIENTS = 100
-DEFAULT_DEADLINES: dict[str, float] = {
-    "R0": 60.0,  # includes local training
-    "R1": 15.0,
-    "R2": 30.0,
-    "R3": 15.0,
-    "R4": 15.0,
-}
+T = TypeVar("T")
+
+# Round abort reasons of the service (besides the protocol's AbortReason values).
+TOO_FEW_TRAINED = "too_few_trained"
+STORE_FAILED = "store_failed"
+AGGREGATION_FAILED = "aggregation_failed"
+SERVER_SHUTDOWN = "server_shutdown"
+TASK_CANCELLED = "task_cancelled"
+INTERNAL_ERROR = "internal_error"
+
+# A finished round's state stays in memory this long for late outcome polls;
+# afterwards the outcome is read from its row.
+KEEP_FINISHED_S = 300.0
+# How long a shutdown waits for a round whose result is being stored.
+FINALISE_GRACE_S = 30.0
+
 _STAGE_KEYS = {
     Round.R0_ADVERTISE_KEYS: "R0",
     Round.R1_SHARE_KEYS: "R1",
@@ -72,157 +113,43 @@ _STAGE_KEYS = {
 }
 
 
-def round_encoding(task: dbm.Task) -> RoundEncoding:
-    """The task's vector encoding (update, weight, evaluation sums)."""
-    return RoundEncoding(
-        FixedPointEncoding(clip=task.clip, scale=task.scale, max_weight=task.max_weight)
-    )
+class LifecycleError(Exception):
+    """A client request that does not fit the round's state: an HTTP status, code, detail."""
 
-
-def server_policy(mode: Mode, corrupt_rate: float) -> SessionPolicy:
-    """The collusion assumption the orchestrator derives its thresholds from.
-
-    The same rule as a client's (``protocol.policy``) with the task's
-    ``corrupt_rate``; the participant floor is the clients' business (and
-    :func:`check_task_parameters`'), so it is left at its minimum here.
-    """
-    return SessionPolicy(
-        allow_semi_honest=mode is Mode.SEMI_HONEST,
-        min_participants=2,
-        assumed_corrupt_rate=corrupt_rate,
-    )
-
-
-def choose_graph(
-    n: int, mode: Mode, graph: str, dropout_rate: float, corrupt_rate: float
-) -> tuple[GraphKind, int, int]:
-    """(graph kind, degree, threshold) for ``n`` participants (spec §10.2).
-
-    ``harary`` (or ``auto`` from 100 clients) uses the fcp-compatible parameter
-    finder. The complete graph (``k = n - 1``) takes the smallest threshold
-    the collusion rule of ``protocol.policy`` accepts for the task's
-    ``corrupt_rate``: ``2t - k > c_max`` (active) or ``t > c_max``
-    (semi-honest), ``t >= 2``, with ``c_max = max(1, ceil(corrupt_rate * n))``;
-    then requires ``t <= k - ceil(dropout_rate * n)``, so that every client
-    keeps ``t`` surviving neighbours when ``ceil(dropout_rate * n)`` others drop.
-
-    Raises:
-        ParameterError: no threshold meets both bounds; the message says which
-            parameter to change.
-    """
-    # SecAgg+ pays off for large cohorts; below ~100 clients the parameter
-    # finder's sparse graphs are tiny (degree 2 at n=10) and the complete graph
-    # costs little, so "auto" keeps the complete graph there.
-    policy = server_policy(mode, corrupt_rate)
-    if graph == "harary" or (graph == "auto" and n >= AUTO_HARARY_MIN_CLIENTS):
-        adversary = (
-            AdversaryClass.SEMI_MALICIOUS if mode is Mode.ACTIVE else AdversaryClass.SEMI_HONEST
-        )
-        try:
-            p = derive_parameters(n, dropout_rate, corrupt_rate, adversary)
-            if p.degree < n - 1:
-                # fcp's parameters meet the rule by construction (§10); checked anyway.
-                check_parameters(n, mode, GraphKind.HARARY, p.degree, p.threshold, policy)
-                return GraphKind.HARARY, p.degree, p.threshold
-        except ParameterError:
-            if graph == "harary":
-                raise
-    k = n - 1
-    t = smallest_threshold(n, mode, GraphKind.COMPLETE, k, policy)
-    dropped = math.ceil(round(dropout_rate * n, 9))
-    if t > k - dropped:
-        rule = "2t - k > c_max" if mode is Mode.ACTIVE else "t > c_max"
-        raise ParameterError(
-            f"{n} clients on the complete graph: the collusion rule ({rule} at corrupt_rate "
-            f"{corrupt_rate}) needs threshold {t}, but with ceil(dropout_rate * n) = {dropped} "
-            f"dropouts only k - {dropped} = {k - dropped} neighbours survive; lower "
-            "dropout_rate or corrupt_rate, or select more clients per round"
-        )
-    return GraphKind.COMPLETE, k, t
-
-
-# Cohort sizes checked one by one at task creation; beyond, a sample (§10.2).
-_MAX_SIZES_CHECKED = 512
-
-
-def check_task_parameters(
-    mode: Mode,
-    graph: str,
-    dropout_rate: float,
-    corrupt_rate: float,
-    min_clients: int,
-    clients_per_round: int,
-    client_policy: SessionPolicy,
-) -> None:
-    """Refuse a task whose rounds a client with ``client_policy`` would refuse.
-
-    For every cohort size from ``min_clients`` to ``clients_per_round`` (a
-    sample of at most 512 sizes, both ends included, when the range is
-    larger): :func:`choose_graph` must succeed and its parameters must pass
-    ``check_parameters`` under ``client_policy``.
-
-    Raises:
-        ConfigError: (a ``PolicyError`` or ``ParameterError``) naming the cohort
-            size, the rule and what to change.
-    """
-    sizes = range(min_clients, clients_per_round + 1)
-    if len(sizes) > _MAX_SIZES_CHECKED:
-        step = len(sizes) / (_MAX_SIZES_CHECKED - 1)
-        picked = {min_clients + round(i * step) for i in range(_MAX_SIZES_CHECKED - 1)}
-        sizes = sorted(picked | {clients_per_round})  # type: ignore[assignment]
-    for n in sizes:
-        if n < client_policy.min_participants:
-            raise ConfigError(
-                f"min_clients {min_clients} < {client_policy.min_participants}: clients "
-                f"refuse sessions with fewer than {client_policy.min_participants} "
-                "participants (a small cohort lets the sum reveal one client's update); "
-                f"raise min_clients and clients_per_round to at least "
-                f"{client_policy.min_participants}"
-            )
-        try:
-            kind, degree, threshold = choose_graph(n, mode, graph, dropout_rate, corrupt_rate)
-        except ParameterError as exc:
-            raise ParameterError(f"cohort of {n} clients: {exc}") from exc
-        try:
-            check_parameters(n, mode, kind, degree, threshold, client_policy)
-        except ConfigError as exc:
-            hint = (
-                "use mode active"
-                if mode is Mode.SEMI_HONEST and not client_policy.allow_semi_honest
-                else f"raise corrupt_rate to at least {client_policy.assumed_corrupt_rate}"
-            )
-            raise ConfigError(
-                f"a cohort of {n} clients would be refused by clients ({exc}); {hint}"
-            ) from exc
-
-
-@dataclass
-class Assignment:
-    """What a selected client is told: everything it needs to take part."""
-
-    round_id: int
-    task_id: int
-    round_number: int
-    config: bytes
-    base_version: int
-    model_length: int
-    encoding: dict[str, Any]
-    deadlines: dict[str, float]
-    # Active mode: the task authority's roster as uploaded (authority-v1.md §6).
-    roster: bytes | None = None
+    def __init__(
+        self, status: int, code: str, detail: str, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.extra = dict(extra or {})
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "round_id": self.round_id,
-            "task_id": self.task_id,
-            "round_number": self.round_number,
-            "config": self.config.hex(),
-            "base_version": self.base_version,
-            "model_length": self.model_length,
-            "encoding": self.encoding,
-            "deadlines": self.deadlines,
-            "roster": self.roster.hex() if self.roster is not None else None,
-        }
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+
+async def task_unavailable(store: RoundStore, task_id: int) -> LifecycleError:
+    """Why a check-in to ``task_id`` finds no running round loop (service-v1.md §3.1)."""
+    task = await asyncio.to_thread(store.load_task, task_id)
+    if task is None:
+        return LifecycleError(404, "unknown_task", f"no task {task_id}")
+    if task.status is dbm.TaskStatus.PAUSED:
+        why = f": {task.failure_reason}" if task.failure_reason else ""
+        return LifecycleError(409, "task_paused", f"task {task_id} is paused{why}")
+    if task.status is dbm.TaskStatus.ACTIVE:
+        return LifecycleError(
+            503, "task_unavailable", f"task {task_id} is not running on this server now"
+        )
+    why = f": {task.failure_reason}" if task.failure_reason else ""
+    return LifecycleError(
+        410,
+        "task_finished",
+        f"task {task_id} is {task.status.value}{why}",
+        {"status": task.status.value},
+    )
+
+
+def round_over(round_id: int, why: str = "") -> LifecycleError:
+    return LifecycleError(410, "round_over", f"round {round_id} is over{why}")
 
 
 class Mailbox:
@@ -265,19 +192,29 @@ class StageRecord:
     bytes_out: int = 0
 
 
+def _never_gone(_: int) -> bool:
+    return False
+
+
 @dataclass
 class RoundDriver:
-    """One secure aggregation over the network."""
+    """One secure aggregation over the network.
+
+    A stage closes when every expected client has sent, when every client
+    still expected is gone (``gone``, from liveness), or at its deadline.
+    """
 
     round_id: int
     config: SessionConfig
     deadlines: dict[str, float]
+    gone: Callable[[int], bool] = _never_gone
+    tick_s: float = 0.25
     server: ServerSession = field(init=False)
     mailboxes: dict[int, Mailbox] = field(init=False)
     stages: dict[str, StageRecord] = field(default_factory=dict)
     on_stage: Callable[[str, StageRecord], None] | None = None
-    # Called before R2 closes with every client asked for a masked input (§10.2).
-    on_masked_inputs: Callable[[frozenset[int]], None] | None = None
+    # Awaited before R2 closes with every client asked for a masked input (§10.2).
+    on_masked_inputs: Callable[[frozenset[int]], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.server = ServerSession(self.config)
@@ -285,6 +222,13 @@ class RoundDriver:
         self._lock = asyncio.Lock()
         self._progress = asyncio.Event()
         self._stage_bytes_in = 0
+        # SHA-256 of each message accepted, per client: an identical re-post
+        # (a retry after a lost response) is answered 202 again (§6).
+        self._accepted: dict[int, set[bytes]] = {u: set() for u in self.config.participants}
+
+    @property
+    def stage(self) -> str:
+        return _STAGE_KEYS.get(self.server.round, self.server.round.value)
 
     async def submit(self, client_id: int, data: bytes | memoryview) -> None:
         """A client's protocol message. Raises RemoteProtocolError (state unchanged).
@@ -293,57 +237,88 @@ class RoundDriver:
         the message is decoded and checked for its sender in a worker thread
         without the round lock (so a slow body holds up nobody), then received
         -- a masked vector parsed and summed -- in a worker thread under the lock.
+        Bytes identical to a message already accepted from the same client are
+        accepted again without effect (idempotent retry).
         """
         if client_id not in self.mailboxes:
             raise RemoteProtocolError(
                 AbortReason.WRONG_SENDER, f"client {client_id} is not in this round"
             )
+        digest = hashlib.sha256(data).digest()
+        if digest in self._accepted[client_id]:
+            return
         msg = await asyncio.to_thread(_decode_from, data, client_id)
         async with self._lock:
+            if digest in self._accepted[client_id]:
+                return
             await asyncio.to_thread(self.server.receive, msg, authenticated_sender=client_id)
+            self._accepted[client_id].add(digest)
             self._stage_bytes_in += len(data)
-            if self.server.ready():
-                self._progress.set()
+            self._progress.set()
+
+    def wake(self) -> None:
+        """Re-check the stage now (e.g. a client was found gone)."""
+        self._progress.set()
 
     async def run(self) -> None:
         """Advance stage by stage until the session completes or aborts."""
-        while self.server.round not in (Round.COMPLETED, Round.ABORTED):
-            stage = _STAGE_KEYS[self.server.round]
-            started = time.monotonic()
-            waited_for = self.server.pending()
-            expected = len(waited_for)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_ready(), self.deadlines[stage])
-            async with self._lock:
-                sent = expected - len(self.server.pending())
-                if stage == "R2" and self.on_masked_inputs is not None:
-                    # §10.2: recorded before advance() lets any unmasking request out.
-                    # Every client asked for a masked input, not only those whose
-                    # input arrived: a client records its contribution before
-                    # sending, and a late or lost input is one all the same.
-                    self.on_masked_inputs(waited_for)
-                out = await asyncio.to_thread(self.server.advance)
-                record = StageRecord(
-                    participants=sent,
-                    dropouts=expected - sent,
-                    seconds=time.monotonic() - started,
-                    bytes_in=self._stage_bytes_in,
-                    bytes_out=sum(len(m) for m in out.values()),
-                )
-                self._stage_bytes_in = 0
-                self._progress.clear()
-            self.stages[stage] = record
-            if self.on_stage is not None:
-                self.on_stage(stage, record)
-            for u, data in out.items():
-                await self.mailboxes[u].put(data)
+        try:
+            while self.server.round not in (Round.COMPLETED, Round.ABORTED):
+                stage = _STAGE_KEYS[self.server.round]
+                started = time.monotonic()
+                waited_for = self.server.pending()
+                expected = len(waited_for)
+                await self._wait_stage(started + self.deadlines[stage])
+                async with self._lock:
+                    sent = expected - len(self.server.pending())
+                    if stage == "R2" and self.on_masked_inputs is not None:
+                        # §10.2: recorded before advance() lets any unmasking request out.
+                        # Every client asked for a masked input, not only those whose
+                        # input arrived: a client records its contribution before
+                        # sending, and a late or lost input is one all the same.
+                        await self.on_masked_inputs(waited_for)
+                    out = await asyncio.to_thread(self.server.advance)
+                    record = StageRecord(
+                        participants=sent,
+                        dropouts=expected - sent,
+                        seconds=time.monotonic() - started,
+                        bytes_in=self._stage_bytes_in,
+                        bytes_out=sum(len(m) for m in out.values()),
+                    )
+                    self._stage_bytes_in = 0
+                    self._progress.clear()
+                self.stages[stage] = record
+                if self.on_stage is not None:
+                    self.on_stage(stage, record)
+                for u, data in out.items():
+                    await self.mailboxes[u].put(data)
+        finally:
+            for box in self.mailboxes.values():
+                await box.close()
+
+    async def abort(self, detail: str) -> None:
+        """Abort from outside (shutdown, cancel): clients still expected get an Abort."""
+        async with self._lock:
+            if self.server.round in (Round.COMPLETED, Round.ABORTED):
+                return
+            out = self.server.abort(AbortReason.CANCELLED, detail)
+        for u, data in out.items():
+            await self.mailboxes[u].put(data)
         for box in self.mailboxes.values():
             await box.close()
 
-    async def _wait_ready(self) -> None:
-        while not self.server.ready():
-            await self._progress.wait()
+    async def _wait_stage(self, deadline: float) -> None:
+        """Until everyone expected has sent or is gone, or ``deadline`` (monotonic)."""
+        while True:
+            pending = self.server.pending()
+            if not pending or all(self.gone(u) for u in pending):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
             self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(remaining, self.tick_s))
 
 
 def _decode_from(data: bytes | memoryview, client_id: int) -> ClientMessage:
@@ -362,6 +337,136 @@ def _decode_from(data: bytes | memoryview, client_id: int) -> ClientMessage:
     return msg
 
 
+class LiveRound:
+    """A round in memory, from selection to its outcome: what the client routes read.
+
+    ``stage`` is ``training``, then ``R0``..``R4`` (the driver's), then
+    ``finalising`` (the result is being stored) and ``over``.
+    """
+
+    def __init__(self, assignment: Assignment, selected: frozenset[int]) -> None:
+        self.assignment = assignment
+        self.round_id = assignment.round_id
+        self.number = assignment.round_number
+        self.selected = selected
+        self.ready: set[int] = set()
+        self.driver: RoundDriver | None = None
+        self.session: dict[str, Any] | None = None
+        self.outcome: dict[str, Any] | None = None
+        self.finalising = False
+        self.training: dbm.StageStats | None = None
+        self._changed = asyncio.Event()
+        self._formed = asyncio.Event()
+        self._decided = asyncio.Event()
+
+    @property
+    def stage(self) -> str:
+        if self.outcome is not None:
+            return "over"
+        if self.finalising:
+            return "finalising"
+        if self.driver is None:
+            return "training"
+        return self.driver.stage
+
+    def in_session(self, client_id: int) -> bool:
+        return self.driver is not None and client_id in self.driver.mailboxes
+
+    # -- client requests ---------------------------------------------------------------
+
+    def heartbeat(self, client_id: int) -> str:
+        """The stage, for a client still part of the round; LifecycleError otherwise."""
+        self._require_selected(client_id)
+        if self.outcome is not None:
+            raise round_over(self.round_id)
+        if self.session is not None and not self.in_session(client_id):
+            raise round_over(self.round_id, ": the session was formed without this client")
+        return self.stage
+
+    def report_ready(self, client_id: int) -> None:
+        self._require_selected(client_id)
+        if self.outcome is not None:
+            raise round_over(self.round_id)
+        if self.session is not None:
+            if self.in_session(client_id):
+                return  # a retried report
+            raise round_over(self.round_id, ": the session was formed without this client")
+        self.ready.add(client_id)
+        self._changed.set()
+
+    async def session_for(self, client_id: int, timeout: float) -> dict[str, Any] | None:
+        """The session (config, roster) once formed with this client; None if not yet."""
+        self._require_selected(client_id)
+        if self.session is None and self.outcome is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._formed.wait(), timeout)
+        if self.session is not None and self.in_session(client_id):
+            return self.session
+        if self.session is not None:
+            raise round_over(self.round_id, ": the session was formed without this client")
+        if self.outcome is not None:
+            raise round_over(self.round_id)
+        return None
+
+    async def outcome_for(self, client_id: int, timeout: float) -> dict[str, Any] | None:
+        self._require_selected(client_id)
+        if self.outcome is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._decided.wait(), timeout)
+        return self.outcome
+
+    def require_driver(self, client_id: int) -> RoundDriver:
+        """The running session, for a participant's protocol message."""
+        self._require_selected(client_id)
+        if self.driver is None:
+            if self.outcome is not None:
+                raise round_over(self.round_id)
+            raise LifecycleError(
+                409, "session_not_formed", f"round {self.round_id} is still in training"
+            )
+        if client_id not in self.driver.mailboxes:
+            raise round_over(self.round_id, ": the session was formed without this client")
+        return self.driver
+
+    def _require_selected(self, client_id: int) -> None:
+        if client_id not in self.selected:
+            raise LifecycleError(
+                403, "not_a_participant", f"client {client_id} is not in round {self.round_id}"
+            )
+
+    # -- runner side ---------------------------------------------------------------------
+
+    def form(self, driver: RoundDriver, session: dict[str, Any]) -> None:
+        self.driver, self.session = driver, session
+        self._formed.set()
+
+    def decide(self, outcome: dict[str, Any]) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+        self._formed.set()
+        self._decided.set()
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Re-check the waiting stage now (a client was found gone)."""
+        self._changed.set()
+        if self.driver is not None:
+            self.driver.wake()
+
+    async def changed(self, timeout: float) -> None:
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+class _Aborted(Exception):
+    """The round ends without a result: its reason (and why the task pauses, if it does)."""
+
+    def __init__(self, reason: str, detail: str = "", pause: bool = False) -> None:
+        super().__init__(detail or reason)
+        self.reason, self.detail, self.pause = reason, detail, pause
+
+
 class TaskRunner:
     """Runs one task's rounds, one at a time, until its target is reached."""
 
@@ -374,15 +479,27 @@ class TaskRunner:
         checkin_grace_s: float = 0.5,
         selector: ClientSelector | None = None,
         events: Callable[[str, dict[str, Any]], None] | None = None,
+        liveness: Liveness | None = None,
+        store: RoundStore | None = None,
     ) -> None:
         self.db, self.registry, self.task_id = db, registry, task_id
+        self.store = store or RoundStore(db, registry)
         self.selector = selector or UniformSelector()
         self.grace = checkin_grace_s
+        self.liveness = liveness or Liveness()
         self.waiting: dict[int, asyncio.Future[Assignment]] = {}
-        self.rounds: dict[int, RoundDriver] = {}
+        # Rounds by id: the running one, and finished ones kept for late polls.
+        self.rounds: dict[int, LiveRound] = {}
+        self.current: LiveRound | None = None
+        self._round_task: asyncio.Task[None] | None = None
+        # Monotonic time of each client's last authenticated request, and how
+        # many heartbeats each one has held open now (service-v1.md §4).
+        self.last_seen: dict[int, float] = {}
+        self.holding: dict[int, int] = {}
         self._arrival = asyncio.Event()
         self._events = events or (lambda kind, data: None)
         self._stopped = False
+        self._shutdown_reason: str | None = None
         # Why no round is starting, when it is for want of eligible clients.
         self.waiting_reason: str | None = None
         # Clients excluded from selection (blamed; see specs §16.2). Loaded
@@ -393,8 +510,54 @@ class TaskRunner:
 
     # -- clients --------------------------------------------------------------
 
+    def touch(self, client_id: int) -> None:
+        """An authenticated request from ``client_id`` arrived: it is alive."""
+        self.last_seen[client_id] = time.monotonic()
+
+    def gone(self, client_id: int) -> bool:
+        if self.holding.get(client_id):
+            return False  # a heartbeat is held open: its process is alive
+        seen = self.last_seen.get(client_id)
+        return seen is None or time.monotonic() - seen > self.liveness.timeout_s
+
+    async def hold_heartbeat(
+        self, client_id: int, disconnected: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Hold a heartbeat open up to ``Liveness.hold_s`` (service-v1.md §4).
+
+        While it is held the client counts as alive however starved of CPU it
+        is; if its connection closes meanwhile (``disconnected()`` returns:
+        the client process died and the kernel closed its socket), it is gone
+        at once and the waiting stage re-checks now, not after the timeout.
+        """
+        self.touch(client_id)
+        self.holding[client_id] = self.holding.get(client_id, 0) + 1
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            done, _ = await asyncio.wait({watcher}, timeout=self.liveness.hold_s)
+        finally:
+            watcher.cancel()
+            self.holding[client_id] -= 1
+            if not self.holding[client_id]:
+                del self.holding[client_id]
+        if done:
+            self.last_seen[client_id] = -math.inf
+            live = self.current
+            if live is not None:
+                live.wake()
+        else:
+            self.touch(client_id)
+
     async def checkin(self, client_id: int, timeout: float) -> Assignment | None:
-        """Wait (long-poll) to be selected for a round; None if not selected in time."""
+        """Wait (long-poll) to be selected for a round; None if not selected in time.
+
+        A client that checks in has left the round it was in (it counts itself
+        dropped): it is gone from that round at once (service-v1.md §4).
+        """
+        live = self.current
+        if live is not None and live.outcome is None and client_id in live.selected:
+            self.last_seen[client_id] = -math.inf
+            live.wake()
         previous = self.waiting.get(client_id)
         if previous is not None and not previous.done():
             previous.cancel()  # a newer check-in replaces an older one
@@ -409,52 +572,103 @@ class TaskRunner:
             if self.waiting.get(client_id) is fut and not fut.done():
                 del self.waiting[client_id]
 
+    def live_round(self, round_id: int) -> LiveRound | None:
+        return self.rounds.get(round_id)
+
     def stop(self) -> None:
         self._stopped = True
         self._arrival.set()
 
-    # -- the loop ---------------------------------------------------------------
+    async def shutdown(self, reason: str) -> None:
+        """Abort the running round (if any) with ``reason``, record it, stop the loop.
+
+        A round whose result is being stored is let finish (bounded by
+        ``FINALISE_GRACE_S``): it is either committed and completed, or not and
+        aborted, never both. Every outcome poll then gets the recorded outcome.
+        """
+        self._shutdown_reason = reason
+        self.stop()
+        task = self._round_task
+        live = self.current
+        if task is not None and not task.done() and live is not None:
+            if live.finalising or live.outcome is not None:
+                # Storing a result or recording an abort: let it end, bounded.
+                await asyncio.wait({task}, timeout=FINALISE_GRACE_S)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            if live.outcome is None:
+                await self._abort_round(live, _Aborted(reason, "the server stopped the round"))
 
     def lift_quarantine(self, client_id: int) -> None:
         """The operator lifted ``client_id``'s quarantine (already stored): select it again."""
         self.quarantined.discard(client_id)
         self._arrival.set()
 
+    # -- the loop ---------------------------------------------------------------
+
     async def run(self) -> None:
         try:
             await self._run()
         finally:
-            # Check-ins to a finished task are refused (404) instead of long-polling
+            # Check-ins to a finished task get its status instead of long-polling
             # forever, so clients waiting for a round that will not come stop.
             self.finished = True
             for fut in self.waiting.values():
                 if not fut.done():
                     fut.cancel()
 
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
     async def _run(self) -> None:
-        self.quarantined = await asyncio.to_thread(load_quarantined, self.db, self.task_id)
+        pause = 1.0
         while not self._stopped:
-            task = self._load_task()
-            if task is None or task.status is not dbm.TaskStatus.ACTIVE:
-                return
-            if task.completed_rounds >= task.rounds:
-                self._set_status(dbm.TaskStatus.COMPLETED)
-                self._events("task_completed", {"task_id": self.task_id})
-                return
-            base_version = self.registry.get(self.task_id).version
-            with self.db.session() as s:
-                contributed = dbm.masked_input_senders(s, self.task_id, base_version)
-            participants = await self._gather(
-                task.min_clients, task.clients_per_round, contributed, base_version
-            )
-            if participants is None:
-                return
-            self.waiting_reason = None
             try:
-                await self._run_round(task, participants)
-            except Exception:  # a round must never take the runner down
-                log.exception("round of task %s failed", self.task_id)
-                await asyncio.sleep(0.5)
+                if not await self._round_or_finish():
+                    return
+                pause = 1.0
+            except SQLAlchemyError:
+                # The database stayed unreachable through the store's retries: the
+                # loop waits and tries again rather than dying with the task active.
+                log.exception(
+                    "task %s: database unavailable, retrying in %.0f s", self.task_id, pause
+                )
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 30.0)
+
+    async def _round_or_finish(self) -> bool:
+        """Select and run one round; False once the task is over (or the runner stopped)."""
+        self.quarantined = await self._db(self.store.quarantined, self.task_id)
+        task = await self._db(self.store.load_task, self.task_id)
+        if task is None or task.status is not dbm.TaskStatus.ACTIVE:
+            return False
+        if task.completed_rounds >= task.rounds:
+            await self._db(self.store.set_status, self.task_id, dbm.TaskStatus.COMPLETED)
+            self._events("task_completed", {"task_id": self.task_id})
+            return False
+        base_version = await self._db(self.store.current_version, self.task_id)
+        contributed = await self._db(self.store.contributed, self.task_id, base_version)
+        participants = await self._gather(
+            task.min_clients, task.clients_per_round, contributed, base_version
+        )
+        if participants is None or self._stopped:
+            return False
+        self.waiting_reason = None
+        self._round_task = asyncio.get_running_loop().create_task(
+            self._run_round(task, participants, base_version)
+        )
+        # asyncio.wait: a cancelled round (shutdown) does not cancel the loop.
+        await asyncio.wait({self._round_task})
+        if not self._round_task.cancelled() and self._round_task.exception() is not None:
+            # _run_round records its own failures; this is a failure to record.
+            log.error(
+                "round of task %s could not be recorded",
+                self.task_id,
+                exc_info=self._round_task.exception(),
+            )
+            await asyncio.sleep(1.0)
+        return True
 
     def _available(self, excluded: frozenset[int] | set[int] = frozenset()) -> list[int]:
         return [
@@ -507,288 +721,339 @@ class TaskRunner:
             await self._arrival.wait()
         return None
 
-    async def _run_round(self, task: dbm.Task, participants: list[int]) -> None:
-        # After a restart the interrupted round keeps its number (aborted), so the
-        # next number follows the highest one used, not the task's counter.
-        with self.db.session() as s:
-            used = (
-                s.scalar(
-                    select(func.max(dbm.Round.number)).where(dbm.Round.task_id == self.task_id)
-                )
-                or 0
-            )
-        number = max(task.current_round, used) + 1
-        encoding = round_encoding(task)
-        mode = Mode(task.mode.value)
-        kind, degree, threshold = choose_graph(
-            len(participants), mode, task.graph.value, task.dropout_rate, task.corrupt_rate
-        )
-        keys: tuple[bytes, ...] = ()
-        roster: bytes | None = None
-        if mode is Mode.ACTIVE:
-            with self.db.session() as s:
-                keys = tuple(s.get(dbm.Client, u).public_key for u in participants)  # type: ignore[union-attr]
-                stored = s.get(dbm.TaskRoster, self.task_id)
-                roster = stored.roster if stored is not None else None
-        config = SessionConfig(
-            participants=tuple(participants),
-            threshold=threshold,
-            vector_length=encoding.vector_length(task.vector_length),
-            bit_width=encoding.required_bit_width(len(participants)),
-            nonce=os.urandom(32),
-            mode=mode,
-            graph=kind,
-            degree=degree if kind is GraphKind.HARARY else 0,
-            identity_keys=keys,
-            context=session_context(self.task_id, number, encoding.context()),
-        )
-        base = self.registry.get(self.task_id)
-        deadlines = {**DEFAULT_DEADLINES, **(task.deadlines or {})}
-        with self.db.session() as s:
-            row = dbm.Round(
-                task_id=self.task_id,
+    # -- one round ------------------------------------------------------------------
+
+    async def _run_round(self, task: dbm.Task, selected: list[int], base_version: int) -> None:
+        round_id, number = await self._db(self.store.begin, self.task_id, selected, base_version)
+        live: LiveRound | None = None
+        try:
+            roster = None
+            if task.mode is dbm.ProtocolMode.ACTIVE:
+                roster = await self._db(self.store.roster, self.task_id)
+            assignment = plan_training(
+                task,
+                round_id=round_id,
                 number=number,
-                status=dbm.RoundStatus.RUNNING,
-                session_id=config.session_id,
-                config=config.encode(),
-                participants=participants,
-                base_version=base.version,
+                base_version=base_version,
+                liveness=self.liveness,
+                roster=roster,
             )
-            s.add(row)
-            s.flush()
-            round_id = row.id
-        driver = RoundDriver(round_id, config, deadlines)
-        driver.on_masked_inputs = lambda senders: self._record_masked_inputs(
-            round_id, base.version, senders
+            live = LiveRound(assignment, frozenset(selected))
+            self.current = live
+            self.rounds[round_id] = live
+            now = time.monotonic()
+            for u in selected:
+                self.last_seen[u] = now  # its check-in just answered
+                fut = self.waiting.pop(u, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(assignment)
+            self._events(
+                "round_started",
+                {"task_id": self.task_id, "round": number, "selected": selected},
+            )
+            driver = await self._train_and_form(task, live, roster)
+            await driver.run()
+            live.finalising = True
+            await self._finalise(task, live, driver, base_version)
+        except asyncio.CancelledError:
+            raise  # shutdown() records the abort
+        except _Aborted as exc:
+            if live is not None:
+                await self._abort_round(live, exc)
+        except Exception as exc:  # a round must never take the runner down, nor stay running
+            log.exception("round %d of task %s failed", number, self.task_id)
+            if live is None:
+                live = LiveRound(
+                    Assignment(round_id, self.task_id, number, base_version, 0, {}, 0, 0, {}, ""),
+                    frozenset(selected),
+                )
+                self.rounds[round_id] = live
+            await self._abort_round(live, _Aborted(INTERNAL_ERROR, str(exc)))
+        finally:
+            if live is not None:
+                # Keep the state for late outcome polls; the row answers afterwards.
+                asyncio.get_running_loop().call_later(
+                    KEEP_FINISHED_S, self.rounds.pop, round_id, None
+                )
+
+    async def _train_and_form(
+        self, task: dbm.Task, live: LiveRound, roster: bytes | None
+    ) -> RoundDriver:
+        """The training window, then the session among the ready clients (§3.2-3.3)."""
+        started = time.monotonic()
+        deadline = started + training_window(task)
+        while True:
+            waiting = live.selected - live.ready
+            if not waiting or all(self.gone(u) for u in waiting):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await live.changed(min(remaining, self.liveness.tick_s))
+        cohort = sorted(live.ready)
+        training = dbm.StageStats(
+            participants=len(cohort),
+            dropouts=len(live.selected) - len(cohort),
+            seconds=time.monotonic() - started,
+            bytes_in=0,
+            bytes_out=0,
         )
-        driver.on_stage = lambda stage, rec: self._events(
-            "stage", {"task_id": self.task_id, "round": number, "stage": stage, **rec.__dict__}
-        )
-        self.rounds[round_id] = driver
-        assignment = Assignment(
-            roster=roster,
-            round_id=round_id,
-            task_id=self.task_id,
-            round_number=number,
-            config=config.encode(),
-            base_version=base.version,
-            model_length=task.vector_length,
-            encoding={
-                "clip": task.clip,
-                "scale": task.scale,
-                "max_weight": task.max_weight,
-                "max_eval_examples": encoding.max_eval_examples,
-                "max_example_loss": encoding.max_example_loss,
-                "loss_scale": encoding.loss_scale,
-            },
-            deadlines=deadlines,
-        )
-        for u in participants:
-            fut = self.waiting.pop(u, None)
-            if fut is not None and not fut.done():
-                fut.set_result(assignment)
         self._events(
-            "round_started",
+            "stage",
+            {"task_id": self.task_id, "round": live.number, "stage": "training", **training},
+        )
+        live.training = training
+        if len(cohort) < task.min_clients:
+            raise _Aborted(
+                TOO_FEW_TRAINED,
+                f"{len(cohort)} of {len(live.selected)} selected clients reported ready "
+                f"within the training window; {task.min_clients} needed",
+            )
+        keys: tuple[bytes, ...] = ()
+        if task.mode is dbm.ProtocolMode.ACTIVE:
+            keys = await self._db(self.store.identity_keys, cohort)
+        try:
+            plan = plan_session(task, cohort, live.number, nonce=os.urandom(32), identity_keys=keys)
+        except ConfigError as exc:
+            raise _Aborted(TOO_FEW_TRAINED, f"no session for {len(cohort)} clients: {exc}") from exc
+        config = plan.config
+        await self._db(
+            self.store.form_session,
+            live.round_id,
+            config.encode(),
+            config.session_id,
+            cohort,
+            training,
+        )
+        driver = RoundDriver(
+            live.round_id, config, plan.deadlines, gone=self.gone, tick_s=self.liveness.tick_s
+        )
+        base_version = live.assignment.base_version
+
+        async def record_masked_inputs(senders: frozenset[int]) -> None:
+            await self._db(
+                self.store.record_masked_inputs, live.round_id, self.task_id, base_version, senders
+            )
+
+        driver.on_masked_inputs = record_masked_inputs
+        driver.on_stage = lambda stage, rec: self._events(
+            "stage", {"task_id": self.task_id, "round": live.number, "stage": stage, **rec.__dict__}
+        )
+        live.form(
+            driver,
+            {"config": config.encode().hex(), "roster": roster.hex() if roster else None},
+        )
+        self._events(
+            "session_formed",
             {
                 "task_id": self.task_id,
-                "round": number,
-                "participants": participants,
-                "graph": kind.value,
-                "degree": degree,
-                "threshold": threshold,
+                "round": live.number,
+                "participants": cohort,
+                "graph": plan.graph.value,
+                "degree": plan.degree,
+                "threshold": plan.threshold,
+                "deadlines": plan.deadlines,
             },
         )
-        try:
-            await driver.run()
-            self._finish(task, driver, encoding, number, base.version)
-        finally:
-            # Keep the driver briefly so late readers still get their last message.
-            asyncio.get_running_loop().call_later(30, self.rounds.pop, round_id, None)
+        return driver
 
-    def _finish(
-        self,
-        task: dbm.Task,
-        driver: RoundDriver,
-        encoding: RoundEncoding,
-        number: int,
-        base_version: int,
+    async def _finalise(
+        self, task: dbm.Task, live: LiveRound, driver: RoundDriver, base_version: int
     ) -> None:
+        """Decode, apply the strategy, commit the version; only then is the round completed.
+
+        Fails closed: anything that goes wrong aborts the round (and a failed
+        aggregation pauses the task); the outcome says ``completed`` only after
+        the commit returned.
+        """
         server = driver.server
-        stats: dict[str, dbm.StageStats] = {
-            k: dbm.StageStats(
-                participants=v.participants,
-                dropouts=v.dropouts,
-                seconds=v.seconds,
-                bytes_in=v.bytes_in,
-                bytes_out=v.bytes_out,
-            )
-            for k, v in driver.stages.items()
-        }
-        finished = dbm.utcnow()
         statuses = _status_json(server.client_status)
         self._events(
             "client_outcomes",
-            {"task_id": self.task_id, "round": number, "outcomes": _outcome_counts(server)},
+            {"task_id": self.task_id, "round": live.number, "outcomes": _outcome_counts(server)},
         )
         if server.round is Round.ABORTED:
             reason = server.abort_reason.value if server.abort_reason else "unknown"
-            blamed = {u: why.value for u, why in server.blame.items()}
-            self._record_abort(driver, number, reason, stats, finished, statuses, blamed)
-            self._events(
-                "round_aborted",
-                {
-                    "task_id": self.task_id,
-                    "round": number,
-                    "reason": reason,
-                    "detail": server.abort_detail,
-                    "blamed": sorted(blamed),
-                },
-            )
-            for u, why in sorted(blamed.items()):
-                self._events(
-                    "client_blamed",
-                    {"task_id": self.task_id, "round": number, "client": u, "reason": why},
-                )
-            return
+            raise _Aborted(reason, server.abort_detail)
         result = server.result
+        encoding = round_encoding(task)
         try:
-            # Segment by segment, no int64 or float64 copy of the whole model,
-            # and the new weights written over the aggregate (not read after this).
-            update = next_model(
-                encoding,
-                result.aggregate,
-                driver.config.bit_width,
-                self.registry.weights_view(self.task_id, base_version),
-                make_strategy(task.strategy or {"name": "fedavg"}),
-                task.strategy_state,
-                in_place=True,
+            update = await asyncio.to_thread(
+                self._aggregate, task, encoding, result.aggregate, driver.config.bit_width,
+                base_version,
             )
-        except ConfigError as exc:  # e.g. every survivor had zero weight
-            reason = f"undecodable: {exc}"
-            self._record_abort(driver, number, reason, stats, finished, statuses, {})
-            self._events(
-                "round_aborted",
-                {"task_id": self.task_id, "round": number, "reason": reason, "blamed": []},
-            )
-            return
+        except SQLAlchemyError as exc:
+            raise _Aborted(STORE_FAILED, f"reading the base model failed: {exc}") from exc
+        except Exception as exc:
+            raise _Aborted(AGGREGATION_FAILED, f"{type(exc).__name__}: {exc}", pause=True) from exc
         metrics = update.metrics
         eval_metrics = {
             "eval_accuracy": metrics.accuracy if metrics.count else None,
             "eval_loss": metrics.mean_loss if metrics.count else None,
             "eval_examples": metrics.count,
+            "round": live.number,
+        }
+        train_metrics = {
             "train_examples": update.total_weight,
             "survivors": len(result.survivors),
             "dropped": len(result.dropped),
+            "round": live.number,
         }
         new_weights, new_state = update.weights, update.state
-        if not np.all(np.isfinite(new_weights)):
-            raise ValueError("strategy produced non-finite weights")
-        with self.db.session() as s:
-            version = self.registry.add_version(
+        completed = Completed(new_weights, new_state, eval_metrics, train_metrics)
+        try:
+            version = await self._db(
+                self.store.complete,
                 self.task_id,
-                new_weights,
-                parent_version=base_version,
-                round_number=number,
-                metrics={"base_eval": eval_metrics},
-                session=s,
+                live.round_id,
+                live.number,
+                base_version,
+                completed,
+                _stats(driver),
+                statuses,
+                dbm.utcnow(),
             )
-            row = s.get(dbm.Round, driver.round_id)
-            assert row is not None
-            row.status = dbm.RoundStatus.COMPLETED
-            row.stage_stats, row.finished_at = stats, finished
-            row.result_version, row.metrics = version.version, eval_metrics
-            row.client_status, row.blamed = statuses, []
-            t = s.get(dbm.Task, self.task_id)
-            assert t is not None
-            t.current_round, t.strategy_state = number, new_state
-            t.completed_rounds += 1
-            t.aborted_in_a_row = 0
+        except Exception as exc:
+            log.exception("storing round %d of task %s failed", live.number, self.task_id)
+            raise _Aborted(STORE_FAILED, f"{type(exc).__name__}: {exc}") from exc
+        live.decide({"status": "completed", "version": version})
         # Committed: the clients of the next round download it from memory.
-        self.registry.remember(version, new_weights)
+        with contextlib.suppress(Exception):  # a cache miss only costs a database read
+            info = await asyncio.to_thread(self.registry.get, self.task_id, version)
+            self.registry.remember(info, new_weights)
         self._events(
             "round_completed",
-            {"task_id": self.task_id, "round": number, "version": version.version, **eval_metrics},
+            {
+                "task_id": self.task_id,
+                "round": live.number,
+                "version": version,
+                **{k: v for k, v in eval_metrics.items() if k != "round"},
+                **{k: v for k, v in train_metrics.items() if k != "round"},
+            },
         )
 
-    def _record_abort(
+    def _aggregate(
         self,
-        driver: RoundDriver,
-        number: int,
-        reason: str,
-        stats: dict[str, dbm.StageStats],
-        finished: datetime,
-        statuses: dict[str, dict[str, str | None]],
-        blamed: dict[int, str],
-    ) -> None:
-        """Store an aborted round, quarantine whom it blamed, fail the task after too many.
+        task: dbm.Task,
+        encoding: RoundEncoding,
+        aggregate: Any,
+        bit_width: int,
+        base_version: int,
+    ) -> ModelUpdate:
+        """In a worker thread: decode the sum and apply the strategy, segment by segment.
 
-        One transaction: the round record, the quarantine rows and the task's
-        counters change together. An aborted round does not count towards the
-        task's ``rounds``.
+        The new weights are written over the aggregate's buffer (``in_place``):
+        nothing reads the aggregate afterwards.
         """
-        failure = ""
-        with self.db.session() as s:
-            row = s.get(dbm.Round, driver.round_id)
-            assert row is not None
-            row.status, row.abort_reason = dbm.RoundStatus.ABORTED, reason
-            row.stage_stats, row.finished_at = stats, finished
-            row.client_status, row.blamed = statuses, sorted(blamed)
-            for u, why in sorted(blamed.items()):
-                q = s.get(dbm.Quarantine, (self.task_id, u))
-                if q is None:
-                    q = dbm.Quarantine(task_id=self.task_id, client_id=u)
-                    s.add(q)
-                q.round_number, q.reason, q.since, q.lifted_at = number, why, finished, None
-                q.detail = (driver.server.blame_detail or "")[:2000]
-            t = s.get(dbm.Task, self.task_id)
-            assert t is not None
-            t.current_round = number
-            t.aborted_in_a_row += 1
-            if t.aborted_in_a_row >= t.max_aborted_rounds and t.status is dbm.TaskStatus.ACTIVE:
-                t.status = dbm.TaskStatus.FAILED
-                t.failure_reason = (
-                    f"{t.aborted_in_a_row} rounds aborted in a row (limit "
-                    f"{t.max_aborted_rounds}); last: {reason}"
-                )[:500]
-                failure = t.failure_reason
+        update = next_model(
+            encoding,
+            aggregate,
+            bit_width,
+            self.registry.weights_view(self.task_id, base_version),
+            make_strategy(task.strategy or {"name": "fedavg"}),
+            task.strategy_state,
+            in_place=True,
+        )
+        if not np.all(np.isfinite(update.weights)):
+            raise ValueError("the strategy produced non-finite weights")
+        return update
+
+    async def _abort_round(self, live: LiveRound, why: _Aborted) -> None:
+        """Record the abort (retried), tell every outcome poll, quarantine the blamed."""
+        driver = live.driver
+        blamed: dict[int, str] = {}
+        statuses = None
+        stats: dict[str, dbm.StageStats] = {}
+        detail = ""
+        if live.training is not None:
+            stats["training"] = live.training
+        if driver is not None:
+            if (
+                driver.server.round is not Round.ABORTED
+                and driver.server.round is not Round.COMPLETED
+            ):
+                await driver.abort(why.reason)
+            blamed = {u: r.value for u, r in driver.server.blame.items()}
+            statuses = _status_json(driver.server.client_status)
+            stats.update(_stats(driver))
+            detail = driver.server.blame_detail or ""
+        live.decide({"status": "aborted", "reason": why.reason})
+        pause = f"round {live.number}: {why.reason}: {why.detail}" if why.pause else None
+        try:
+            failure = await self._db(
+                lambda: self.store.abort(
+                    self.task_id,
+                    live.round_id,
+                    live.number,
+                    why.reason,
+                    stats=stats,
+                    statuses=statuses,
+                    blamed=blamed,
+                    blame_detail=detail,
+                    finished=dbm.utcnow(),
+                    pause_reason=pause,
+                )
+            )
+        except Exception:
+            # The row stays 'running' until the next start marks it interrupted;
+            # no version was written, and clients were told 'aborted'.
+            log.exception("recording round %d's abort failed", live.number)
+            failure = ""
+        self._events(
+            "round_aborted",
+            {
+                "task_id": self.task_id,
+                "round": live.number,
+                "reason": why.reason,
+                "detail": why.detail,
+                "blamed": sorted(blamed),
+            },
+        )
         self.quarantined.update(blamed)
-        for u in sorted(blamed):
+        for u, r in sorted(blamed.items()):
             self._events(
-                "client_quarantined", {"task_id": self.task_id, "round": number, "client": u}
+                "client_blamed",
+                {"task_id": self.task_id, "round": live.number, "client": u, "reason": r},
+            )
+            self._events(
+                "client_quarantined", {"task_id": self.task_id, "round": live.number, "client": u}
             )
         if failure:
+            kind = "task_paused" if why.pause else "task_failed"
+            self._events(kind, {"task_id": self.task_id, "reason": failure})
             # run() sees the status and stops: no endless loop of aborts.
-            self._events("task_failed", {"task_id": self.task_id, "reason": failure})
+            self.stop()
 
-    def _record_masked_inputs(
-        self, round_id: int, base_version: int, senders: frozenset[int]
-    ) -> None:
-        with self.db.session() as s:
-            dbm.record_masked_input_senders(
-                s, round_id, self.task_id, base_version, sorted(senders)
-            )
 
-    def _load_task(self) -> dbm.Task | None:
-        with self.db.session() as s:
-            return s.get(dbm.Task, self.task_id)
-
-    def _set_status(self, status: dbm.TaskStatus) -> None:
-        with self.db.session() as s:
-            t = s.get(dbm.Task, self.task_id)
-            if t is not None:
-                t.status = status
+def _stats(driver: RoundDriver) -> dict[str, dbm.StageStats]:
+    return {
+        k: dbm.StageStats(
+            participants=v.participants,
+            dropouts=v.dropouts,
+            seconds=v.seconds,
+            bytes_in=v.bytes_in,
+            bytes_out=v.bytes_out,
+        )
+        for k, v in driver.stages.items()
+    }
 
 
 def load_quarantined(db: dbm.Database, task_id: int) -> set[int]:
     """Clients currently quarantined from ``task_id``'s rounds."""
-    with db.session() as s:
-        return set(
-            s.scalars(
-                select(dbm.Quarantine.client_id).where(
-                    dbm.Quarantine.task_id == task_id, dbm.Quarantine.lifted_at.is_(None)
-                )
-            )
+    return RoundStore(db, ModelRegistry(db)).quarantined(task_id)
+
+
+async def stored_outcome(store: RoundStore, round_id: int, client_id: int) -> dict[str, Any] | None:
+    """The outcome of a round no longer in memory, from its row (off the event loop)."""
+    found = await asyncio.to_thread(store.outcome, round_id)
+    if found is None:
+        raise LifecycleError(404, "unknown_round", f"no round {round_id}")
+    invited, outcome = found
+    if client_id not in invited:
+        raise LifecycleError(
+            403, "not_a_participant", f"client {client_id} is not in round {round_id}"
         )
+    return outcome
 
 
 def _status_json(status: Mapping[int, ClientRecord]) -> dict[str, dict[str, str | None]]:

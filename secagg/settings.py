@@ -119,6 +119,26 @@ class Settings(BaseSettings):
         "are streamed from (least recently used versions are dropped first; a version "
         "larger than the bound is served from the database each time; 0 disables it)",
     )
+    heartbeat_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often a selected client sends a heartbeat (told in its assignment)",
+    )
+    liveness_timeout_s: float = Field(
+        default=4.0,
+        gt=0,
+        le=600,
+        description="a participant silent this long is gone: the stage stops waiting for it "
+        "(at least two heartbeats; specs/service-v1.md §4)",
+    )
+    heartbeat_hold_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=60,
+        description="a heartbeat is held open this long: while it is, its client is alive "
+        "however busy; its connection closing marks the client gone at once",
+    )
     # -- database: timeouts, pool, retries (secagg/db.py DatabaseOptions) ----------
     db_lock_timeout_s: float = Field(
         default=5.0,

@@ -147,7 +147,8 @@ class TaskCreate(BaseModel):
     deadlines: dict[Stage, Annotated[float, Field(gt=0, le=86400)]] = Field(
         default_factory=dict,
         description="seconds each protocol stage (R0..R4) may take at most; stages "
-        "not given use the service defaults",
+        "not given use the formula of specs/service-v1.md §5, which scales with the "
+        "model size and the cohort",
     )
     training_window_s: float = Field(
         default=600.0,

@@ -36,6 +36,7 @@ from secagg.dberrors import install_database_error_handlers
 from secagg.docs_assets import install_docs
 from secagg.downloads import DownloadRefused
 from secagg.limits import BodyLimitMiddleware, BodyTimeout, BodyTooLarge
+from secagg.orchestrator import LifecycleError
 from secagg.services.tasks import TaskError
 from secagg.settings import Settings
 from secagg.task_spec import describe_validation_errors
@@ -74,6 +75,10 @@ def create_app(settings: Settings, db: dbm.Database | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(LifecycleError)
+    async def _lifecycle_error(_: Request, exc: LifecycleError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content=exc.to_json())
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:

@@ -11,9 +11,10 @@ from protocol.transport import CBOR_MEDIA_TYPE
 from secagg.api.deps import ClientId, Coord
 from secagg.api.downloads import weights_response
 from secagg.api.errors import ApiError
-from secagg.api.schemas import Accepted, Id, Seq
+from secagg.api.schemas import Accepted, Id, Seq, Stage
 from secagg.bodies import drop_resident, read_body
 from secagg.downloads import RESPONSES as DOWNLOAD_RESPONSES
+from secagg.orchestrator import stored_outcome
 
 router = APIRouter(tags=["client"])
 
@@ -38,26 +39,73 @@ async def download(task_id: Id, ref: str, cid: ClientId, coord: Coord) -> Stream
 @router.post(
     "/v1/tasks/{task_id}/checkin",
     responses={
-        200: {"description": "Selected: the round assignment (JSON)"},
+        200: {"description": "Selected: the training assignment (JSON)"},
         204: {"description": "Not selected before the long-poll timed out; check in again"},
     },
 )
 async def checkin(task_id: Id, cid: ClientId, coord: Coord) -> Response:
-    """Long-poll to be selected for the task's next round."""
-    assignment = await coord.runner(task_id).checkin(cid, coord.settings.long_poll_s)
+    """Long-poll to be selected (specs/service-v1.md §3.1): 409 paused, 410 finished."""
+    runner = await coord.runner(task_id)
+    assignment = await runner.checkin(cid, coord.settings.long_poll_s)
     if assignment is None:
         return Response(status_code=204)
     return JSONResponse(assignment.to_json())
 
 
+@router.post("/v1/rounds/{round_id}/heartbeat", response_model=Stage)
+async def heartbeat(round_id: Id, request: Request, cid: ClientId, coord: Coord) -> Stage:
+    """A selected client is alive; held open a while, the round's stage (service-v1 §4)."""
+    coord.running_round(round_id).heartbeat(cid)
+    await coord.hold_heartbeat(cid, request.receive)
+    return Stage(stage=coord.running_round(round_id).heartbeat(cid))
+
+
+@router.post("/v1/rounds/{round_id}/ready", status_code=202, response_model=Accepted)
+async def ready(round_id: Id, cid: ClientId, coord: Coord) -> Accepted:
+    """Local training and encoding are done: put this client in the session."""
+    coord.running_round(round_id).report_ready(cid)
+    return Accepted()
+
+
+@router.get(
+    "/v1/rounds/{round_id}/session",
+    responses={204: {"description": "Not formed yet; poll again"}},
+)
+async def session(round_id: Id, cid: ClientId, coord: Coord) -> Response:
+    """Long-poll for the session formed among the ready clients (config, roster)."""
+    live = coord.running_round(round_id)
+    formed = await live.session_for(cid, coord.settings.long_poll_s)
+    if formed is None:
+        return Response(status_code=204)
+    return JSONResponse(formed)
+
+
+@router.get(
+    "/v1/rounds/{round_id}/outcome",
+    responses={204: {"description": "Not decided yet; poll again"}},
+)
+async def outcome(round_id: Id, cid: ClientId, coord: Coord) -> Response:
+    """Long-poll: ``completed`` (with the committed version) or ``aborted`` (reason)."""
+    live = coord.live_round(round_id)
+    if live is not None:
+        decided = await live.outcome_for(cid, coord.settings.long_poll_s)
+    else:
+        decided = await stored_outcome(coord.store, round_id, cid)
+    if decided is None:
+        return Response(status_code=204)
+    return JSONResponse(decided)
+
+
 @router.post("/v1/rounds/{round_id}/messages", status_code=202, response_model=Accepted)
 async def submit(round_id: Id, request: Request, cid: ClientId, coord: Coord) -> Accepted:
-    """A client's protocol message (``application/cbor``, the protocol's canonical bytes)."""
+    """A client's protocol message (``application/cbor``, the protocol's canonical bytes).
+
+    Identical bytes already accepted from the client are accepted again (a retry).
+    """
     if request.headers.get("content-type", "") != CBOR_MEDIA_TYPE:
         raise ApiError(415, "unsupported_media_type", f"protocol messages are {CBOR_MEDIA_TYPE}")
-    driver = coord.round_driver(round_id)
-    if cid not in driver.mailboxes:  # before anything decodes the body
-        raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
+    # Before anything decodes the body: a participant of the formed session.
+    driver = coord.running_round(round_id).require_driver(cid)
     body = await read_body(request, coord.settings.body_spool_bytes)
     try:
         await driver.submit(cid, body)
@@ -83,10 +131,7 @@ async def submit(round_id: Id, request: Request, cid: ClientId, coord: Coord) ->
 )
 async def receive(round_id: Id, seq: Seq, cid: ClientId, coord: Coord) -> Response:
     """Long-poll for the server's protocol message number ``seq`` to this client."""
-    driver = coord.round_driver(round_id)
-    box = driver.mailboxes.get(cid)
-    if box is None:
-        raise ApiError(403, "not_a_participant", f"client {cid} is not in round {round_id}")
+    box = coord.running_round(round_id).require_driver(cid).mailboxes[cid]
     data = await box.get(seq, coord.settings.long_poll_s)
     if data is None:
         if box.closed:

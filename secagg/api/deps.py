@@ -38,6 +38,7 @@ async def client_id(request: Request, coord: Coord) -> int:
         verify_body, coord.db, pending, request.method, path, body, body_sha256(request)
     )
     drop_resident(body)
+    coord.client_seen(cid)  # any signed request is a sign of life (specs/service-v1.md §4)
     return cid
 
 

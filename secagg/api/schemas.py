@@ -82,8 +82,9 @@ class RoundInfo(BaseModel):
 
     id: int
     number: int
-    session_id: str
-    config: str
+    # Null during the training window: the session is formed afterwards.
+    session_id: str | None
+    config: str | None
     status: str
     abort_reason: str | None
     participants: list[int]
@@ -101,8 +102,8 @@ class RoundInfo(BaseModel):
         return cls(
             id=r.id,
             number=r.number,
-            session_id=r.session_id.hex(),
-            config=r.config.hex(),
+            session_id=r.session_id.hex() if r.session_id is not None else None,
+            config=r.config.hex() if r.config is not None else None,
             status=r.status.value,
             abort_reason=r.abort_reason,
             participants=list(r.participants),
@@ -158,3 +159,9 @@ class Status(BaseModel):
 
 class Accepted(BaseModel):
     status: Literal["accepted"] = "accepted"
+
+
+class Stage(BaseModel):
+    """Where a running round is (specs/service-v1.md §4): training, R0..R4, finalising."""
+
+    stage: str

@@ -3,7 +3,7 @@
 The SDK's :class:`~client_sdk.client.Client` talks to it exactly as to
 ``secagg serve`` (check-in, model download, signed CBOR messages, long
 polls), but every server decision is the attacker's: the session
-configuration it assigns, and each answer to what the client posts (a
+configuration it proposes after training, and each answer to what the client posts (a
 callback such as :meth:`SubstitutingServer.on_message`). Everything the
 client posts is recorded, so a test can hand it to the reconstruction oracle
 or assert that nothing left the client at all.
@@ -52,8 +52,8 @@ class FakeServer:
             "round_id": ROUND_ID,
             "task_id": TASK_ID,
             "round_number": ROUND_NUMBER,
-            "config": self.config.encode().hex(),
             "base_version": BASE_VERSION,
+            "mode": self.config.mode.value,
             "model_length": int(self.model.shape[0]),
             "encoding": {
                 "clip": enc.update.clip,
@@ -63,8 +63,17 @@ class FakeServer:
                 "max_example_loss": enc.max_example_loss,
                 "loss_scale": enc.loss_scale,
             },
+            "training_deadline_s": 600.0,
+            "heartbeat_s": 1.0,
             "deadlines": {"R0": 60.0, "R1": 15.0, "R2": 30.0, "R3": 15.0, "R4": 15.0},
             **self.extra_assignment,
+        }
+
+    def session(self) -> dict[str, Any]:
+        """The session 'formed' after training: the attacker's configuration."""
+        return {
+            "config": self.config.encode().hex(),
+            "roster": self.extra_assignment.get("roster"),
         }
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -76,6 +85,14 @@ class FakeServer:
             return httpx.Response(200, json=self.assignment())
         if path == f"/v1/tasks/{TASK_ID}/models/{BASE_VERSION}":
             return npy_response(self.model, BASE_VERSION)
+        if path == f"/v1/rounds/{ROUND_ID}/heartbeat":
+            return httpx.Response(200, json={"stage": "R0"})
+        if path == f"/v1/rounds/{ROUND_ID}/ready":
+            return httpx.Response(202, json={"status": "accepted"})
+        if path == f"/v1/rounds/{ROUND_ID}/session":
+            return httpx.Response(200, json=self.session())
+        if path == f"/v1/rounds/{ROUND_ID}/outcome":
+            return httpx.Response(200, json={"status": "completed", "version": BASE_VERSION + 1})
         if request.method == "POST" and path == f"/v1/rounds/{ROUND_ID}/messages":
             body = request.read()
             self.posted.append(body)

@@ -79,7 +79,6 @@ class FakeServer:
             "round_id": 100 + self.round_number,
             "task_id": TASK,
             "round_number": self.round_number,
-            "config": self.config.encode().hex(),
             "base_version": self.base_version,
             "model_length": 4,
             "encoding": {
@@ -90,6 +89,8 @@ class FakeServer:
                 "max_example_loss": ENC.max_example_loss,
                 "loss_scale": ENC.loss_scale,
             },
+            "training_deadline_s": 600.0,
+            "heartbeat_s": 1.0,
             "deadlines": {},
         }
 
@@ -121,6 +122,16 @@ class FakeServer:
             return httpx.Response(200, json=self.assignment())
         if path.startswith(f"/v1/tasks/{TASK}/models/"):
             return npy_response(np.zeros(4, np.float32), int(path.rsplit("/", 1)[1]))
+        rid = f"/v1/rounds/{100 + self.round_number}"
+        if path == f"{rid}/heartbeat":
+            return httpx.Response(200, json={"stage": "R0"})
+        if path == f"{rid}/ready":
+            return httpx.Response(202, json={"status": "accepted"})
+        if path == f"{rid}/session":
+            return httpx.Response(200, json={"config": self.config.encode().hex(), "roster": None})
+        if path == f"{rid}/outcome":
+            done = {"status": "completed", "version": self.base_version + 1}
+            return httpx.Response(200, json=done)
         if path.endswith("/messages") and request.method == "POST":
             self._on_client_message(request.content)
             return httpx.Response(202)

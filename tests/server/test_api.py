@@ -14,6 +14,7 @@ import pytest
 from client_sdk.client import Client, ClientPolicy, RequestRefused, enrol
 from client_sdk.identity import Identity
 from client_sdk.models import FunctionModel
+from protocol import SessionConfig
 from protocol.encoding import EvalSums
 from protocol.messages import MaskedInput
 from protocol.transport import CBOR_MEDIA_TYPE, sign_request
@@ -248,20 +249,33 @@ def test_hostile_participant_is_refused_and_the_round_still_completes(server: st
         if r.status_code == 200:
             assignment = r.json()
     rid = assignment["round_id"]
+    assert "config" not in assignment  # keys are advertised after training
     msgs = f"/v1/rounds/{rid}/messages"
+    _err(
+        _signed(server, bad, "POST", msgs, b"\xff\x00garbage", content_type=CBOR_MEDIA_TYPE),
+        409,
+        "session_not_formed",
+    )
+    assert _signed(server, bad, "POST", f"/v1/rounds/{rid}/ready").status_code == 202
+    formed = None
+    while formed is None:
+        r = _signed(server, bad, "GET", f"/v1/rounds/{rid}/session")
+        assert r.status_code in (200, 204), r.text
+        formed = r.json() if r.status_code == 200 else None
+    assert bad.client_id in SessionConfig.decode(bytes.fromhex(formed["config"])).participants
     _err(
         _signed(server, bad, "POST", msgs, b"\xff\x00garbage", content_type=CBOR_MEDIA_TYPE),
         400,
         "malformed_message",
     )
     other = next(u for u in range(1, 100) if u != bad.client_id)
-    forged = MaskedInput(bytes.fromhex(assignment["config"])[:0] or bytes(32), other, b"").encode()
+    forged = MaskedInput(bytes(32), other, b"").encode()
     _err(
         _signed(server, bad, "POST", msgs, forged, content_type=CBOR_MEDIA_TYPE),
         409,
         "wrong_sender",
     )
-    # Mallory then goes silent: a dropout in round 0.
+    # Mallory then goes silent (no heartbeat): gone, a dropout in round 0.
     for t in threads:
         t.join(timeout=60)
     assert results == dict.fromkeys(range(5), "completed")

@@ -367,7 +367,9 @@ def test_certified_active_round_completes_and_a_foreign_roster_is_refused(
                for r in results.values()), results  # fmt: skip
     detail = wait_rounds_finished(server, bad_task, 1, timeout=120)
     round_ = detail["rounds_detail"][0]
-    # Nothing reached the server: no advert, so no key, share or masked input of anyone.
+    # The relayed roster is checked before training (specs/service-v1.md §3.1):
+    # nobody reported ready, so no session was formed and nothing reached R0.
     assert round_["status"] == "aborted"
-    assert round_["stage_stats"]["R0"]["participants"] == 0
-    assert round_["stage_stats"]["R0"]["bytes_in"] == 0
+    assert round_["abort_reason"] == "too_few_trained"
+    assert round_["stage_stats"]["training"]["participants"] == 0
+    assert "R0" not in round_["stage_stats"] and round_["config"] is None

@@ -69,8 +69,8 @@ class LyingClient(Client):
         super().__init__(*args, **kwargs)
         self.lie = lie
 
-    def _post(self, round_id: int, data: bytes) -> None:
-        super()._post(round_id, self.lie(data))
+    def _post(self, round_id: int, data: bytes) -> bool:
+        return super()._post(round_id, self.lie(data))
 
 
 def _task(url: str, n: int, rounds: int, **extra: Any) -> int:

@@ -97,7 +97,7 @@ def test_active_mode_round_with_a_drop_in_the_consistency_check(tmp_path: Path) 
 @pytest.mark.slow
 def test_wrong_round_and_wrong_length_inside_a_live_round_change_nothing(tmp_path: Path) -> None:
     from protocol import decode_message
-    from protocol.messages import MaskedInput
+    from protocol.messages import AdvertisedKeys, AdvertiseKeys, MaskedInput
     from protocol.transport import CBOR_MEDIA_TYPE
 
     with running_server(tmp_path) as url:
@@ -126,26 +126,31 @@ def test_wrong_round_and_wrong_length_inside_a_live_round_change_nothing(tmp_pat
 
         first: list[bytes] = []
 
-        def hostile_post(round_id: int, data: bytes) -> None:
+        def hostile_post(round_id: int, data: bytes) -> bool:
             msg = decode_message(data)
             first.append(data)
             if isinstance(msg, MaskedInput):
                 wrong_length = MaskedInput(msg.session_id, msg.sender, b"\x00" * 3).encode()
-                # Wrong length; the round-0 message again (wrong stage); not a message.
-                for bad in (wrong_length, first[0], b"\x80"):
+                keys = AdvertisedKeys(msg.sender, bytes(31) + b"\x09", bytes(31) + b"\x0a")
+                other_r0 = AdvertiseKeys(msg.session_id, keys).encode()
+                # Wrong length; another round-0 message (wrong stage); the accepted
+                # round-0 message again (an idempotent retry: 202); not a message.
+                for bad in (wrong_length, other_r0, first[0], b"\x80"):
                     try:
-                        mallory._request(
+                        r = mallory._request(
                             "POST", f"/v1/rounds/{round_id}/messages", bad, CBOR_MEDIA_TYPE
                         )
+                        refused.append((r.status_code, "accepted"))
                     except RequestRefused as exc:
                         refused.append((exc.status, exc.code))
-            original_post(round_id, data)
+            return bool(original_post(round_id, data))
 
         mallory._post = hostile_post  # type: ignore[method-assign]
         results = _one_round_each(clients)
         assert refused == [
             (409, "wrong_vector_length"),
             (409, "wrong_round"),
+            (202, "accepted"),
             (400, "malformed_message"),
         ]
         assert set(results.values()) == {"completed"}

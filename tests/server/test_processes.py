@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from client_sdk.client import ServerUnreachable, enrol, tls_verify
 from protocol.crypto.x509 import self_signed_certificate
@@ -204,8 +205,7 @@ def test_server_killed_mid_round_restarts_with_registry_intact(tmp_path: Path) -
         # surely running when the server dies and nobody posts while it is down.
         resume = tmp_path / "server-restarted"
         procs = [
-            s.client(task, i, 3, "--slow-round", "2", "--slow-until", str(resume))
-            for i in range(3)
+            s.client(task, i, 3, "--slow-round", "2", "--slow-until", str(resume)) for i in range(3)
         ]
         _wait(
             lambda: any(
@@ -244,4 +244,71 @@ def test_server_killed_mid_round_restarts_with_registry_intact(tmp_path: Path) -
         for p in procs:
             assert p.wait(timeout=60) == 0
     finally:
+        s.stop()
+
+
+def _protocol_seconds(r: dict[str, Any]) -> float:
+    """R0..R4 of a round (training excluded: its length is the client's business)."""
+    return float(sum(v["seconds"] for k, v in r["stage_stats"].items() if k != "training"))
+
+
+@pytest.mark.slow
+def test_a_client_killed_in_r2_costs_seconds_not_a_deadline(tmp_path: Path) -> None:
+    """specs/service-v1.md §4: a SIGKILLed client is gone after the liveness timeout
+    (4 s by default), so its stage closes then, not at its (here 60 s) deadline."""
+    with server(tmp_path) as s:
+        deadlines = dict.fromkeys(("R0", "R1", "R2", "R3", "R4"), 60)
+        task = s.task(
+            rounds=2, clients_per_round=5, min_clients=5, dropout_rate=0.2, deadlines=deadlines
+        )
+        procs = [s.client(task, i, 2) for i in range(4)]
+        # Round 1 runs without a fault (the reference); in round 2 client 4 dies
+        # with SIGKILL just before sending its masked input.
+        procs.append(s.client(task, 4, 2, "--crash-round", "2", "--crash-stage", "R2"))
+        _wait(lambda: s.detail(task)["status"] == "completed", 120, "both rounds")
+        assert procs[4].wait(timeout=10) == -signal.SIGKILL
+        rounds = s.detail(task)["rounds_detail"]
+        assert [r["status"] for r in rounds] == ["completed", "completed"]
+        assert [r["stage_stats"]["R2"]["dropouts"] for r in rounds] == [0, 1]
+        normal, killed = (_protocol_seconds(r) for r in rounds)
+        r2 = rounds[1]["stage_stats"]["R2"]["seconds"]
+        print(
+            f"R2-SIGKILL round: {killed:.2f} s of protocol stages against {normal:.2f} s "
+            f"without a fault (+{killed - normal:.2f} s; R2 {r2:.2f} s)"
+        )
+        assert killed < normal + 5.0
+        for p in procs[:4]:
+            assert p.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_running_round_before_exit(tmp_path: Path) -> None:
+    s = Server(tmp_path)
+    s.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        task = s.task(rounds=1, min_participants=3, dropout_rate=0.0)
+        # Training lasts until the file exists (never, here): the round is in its
+        # training window when the server is told to stop.
+        never = tmp_path / "never"
+        for i in range(3):
+            procs.append(s.client(task, i, 1, "--slow-round", "1", "--slow-until", str(never)))
+        _wait(
+            lambda: any(r["status"] == "running" for r in s.detail(task)["rounds_detail"]),
+            60,
+            "round 1 to start",
+        )
+        s.stop()  # SIGTERM; fails the test if the server ignores it for 20 s
+        # uvicorn re-raises the signal once its shutdown (ours included) is complete.
+        assert s.proc is not None and s.proc.returncode in (0, -signal.SIGTERM)
+        with dbm.Database.from_url(s.db_url).session() as session:
+            rows = list(session.scalars(select(dbm.Round).where(dbm.Round.task_id == task)))
+            assert [(r.status, r.abort_reason) for r in rows] == [
+                (dbm.RoundStatus.ABORTED, "server_shutdown")
+            ]
+            assert ModelRegistry(dbm.Database.from_url(s.db_url)).get(task).version == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
         s.stop()

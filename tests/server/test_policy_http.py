@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client_sdk.client import Client, RequestRefused, enrol
+from client_sdk.client import Client, enrol
+from client_sdk.errors import TaskFinished
 from client_sdk.models import FunctionModel
 from protocol import ConfigError, GraphKind, Mode, ParameterError, Round
 from protocol.encoding import EvalSums
@@ -176,14 +177,14 @@ def test_after_an_aborted_round_only_fresh_clients_are_selected(tmp_path: Path) 
         for t in waiting + again:
             t.join(timeout=60)
         # The task is over: check-ins are refused rather than long-polled forever.
-        refused: RequestRefused | None = None
+        finished: TaskFinished | None = None
         deadline = time.monotonic() + 30
-        while refused is None and time.monotonic() < deadline:
+        while finished is None and time.monotonic() < deadline:
             try:
                 first[0].participate()  # None: a long poll that ended before the runner did
-            except RequestRefused as exc:
-                refused = exc
-        assert refused is not None and (refused.status, refused.code) == (410, "task_finished")
+            except TaskFinished as exc:  # 410 task_finished, typed by the SDK
+                finished = exc
+        assert finished is not None and finished.status == "completed"
         db = dbm.Database.from_url(f"sqlite:///{tmp_path / 'secagg.db'}")
         with db.session() as s:
             assert dbm.masked_input_senders(s, task, 1) == contributors | fresh_ids

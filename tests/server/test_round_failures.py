@@ -15,6 +15,7 @@ from client_sdk.models import FunctionModel
 from protocol.encoding import EvalSums
 from secagg import orchestrator
 from secagg.registry import ModelRegistry
+from secagg.strategies import FedAvg
 from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
 
 N = 3
@@ -75,11 +76,14 @@ def _run(clients: list[Client], rounds: int) -> dict[int, list[RoundOutcome]]:
     return results
 
 
-class NaNStrategy:
-    """A strategy gone wrong: its new weights are not finite."""
+class NaNStrategy(FedAvg):
+    """A strategy gone wrong: its new weights are not finite (whole or segment by segment)."""
 
     def apply(self, weights: Any, mean: Any, state: bytes | None) -> tuple[Any, bytes | None]:
         return np.full_like(weights, np.nan), state
+
+    def step(self, weights: Any, mean_delta: Any, arrays: Any) -> Any:
+        return np.full_like(weights, np.nan)
 
 
 @pytest.mark.slow

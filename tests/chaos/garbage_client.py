@@ -237,10 +237,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--max-body", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--checkin", action="store_true", help="check in once, genuinely")
     a = p.parse_args()
     work = Path(a.work)
     g = Garbage(a.server, a.ca, Identity.load(a.identity), a.task, work, a.seed, a.max_body)
-    g.checkin_once(wait_s=30)
+    if a.checkin:
+        g.checkin_once(wait_s=30)
     stop = work / "stop-garbage"
     while not stop.exists():
         g.one()

@@ -100,18 +100,26 @@ class PostgresUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class ChaosConfig:
     seed: int
-    clients: int = 8
-    clients_per_round: int = 6
+    # A round that aborts after R2 bars its whole cohort from the base version
+    # (spec §4.7: a client contributes at most once per base version), so the
+    # fleet holds two cohorts: a round can still start after the server kill.
+    # A cohort of 5 (threshold 3) survives one dropout: clients are killed one
+    # per finished round, so only the server kill aborts a round on purpose.
+    clients: int = 10
+    clients_per_round: int = 5
     min_clients: int = 5
-    rounds: int = 4
+    rounds: int = 3
     vector_length: int = 32
     scale: float = 1024.0
-    client_kills: int = 4
+    client_kills: int = 3
     server_kill: bool = True
     db_cuts: int = 1
     slow_client: bool = True
     slow_train_s: float = 3.0
     garbage_client: bool = True
+    # The garbage client checks in (genuinely) once, so it may be selected and
+    # answer a round with junk: one more dropout in that round.
+    garbage_checks_in: bool = False
     time_limit_s: float = 75.0
     # Protocol stage deadlines (today R0 includes training).
     deadlines: tuple[tuple[str, float], ...] = (
@@ -128,9 +136,9 @@ class ChaosConfig:
 SHORT = ChaosConfig(seed=7)
 LONG = replace(
     SHORT,
-    clients=10,
-    rounds=10,
+    rounds=16,
     client_kills=2 * len(STAGES),
+    garbage_checks_in=True,
     db_cuts=4,
     time_limit_s=420.0,
 )
@@ -476,6 +484,8 @@ class Chaos:
             "--max-body",
             str(self.cfg.max_body_bytes),
         ]
+        if self.cfg.garbage_checks_in:
+            args.append("--checkin")
         self.garbage = self.procs.start(args, self.work / "logs" / "garbage.log")
 
     # -- the run ----------------------------------------------------------------
@@ -516,16 +526,17 @@ class Chaos:
         cuts = list(plan.db_cut_stages)
         server_kill = plan.server_kill_stage
         executed: list[dict[str, Any]] = []
-        last_kill = last_cut = 0.0
+        last_cut = 0.0
+        finished_at_kill = -1  # rounds finished when the last client kill happened
         next_detail = 0.0
         limit = time.monotonic() + cfg.time_limit_s
         self.t0 = time.monotonic()
         done = False
         while time.monotonic() < limit:
             now = time.monotonic()
-            completed = sum(
-                r["status"] == "completed" for r in (self.detail or {}).get("rounds_detail", [])
-            )
+            rounds = (self.detail or {}).get("rounds_detail", [])
+            completed = sum(r["status"] == "completed" for r in rounds)
+            finished = sum(r["status"] != "running" for r in rounds)
             # Exit statuses first, status lines second: a client's last lines
             # (e.g. "killed R2") were written before it died, so they are read.
             exits = {s.index: s.proc.poll() if s.proc is not None else None for s in self.slots}
@@ -539,7 +550,7 @@ class Chaos:
                         )
                         self.note(f"client {slot.index} SIGKILLed itself in {rest[0]}")
                         slot.order = None
-                        last_kill = now
+                        finished_at_kill = finished
                         continue
                     slot.stage, slot.stage_since, slot.stage_pid = stage, now, pid
                     fresh.append((slot, stage))
@@ -565,6 +576,11 @@ class Chaos:
             for slot in self.slots:
                 assert slot.proc is not None
                 rc = exits[slot.index]
+                if slot.finished:
+                    continue
+                if rc == 0 and self.task_over():  # run() returned: the task is over
+                    slot.finished = True
+                    continue
                 if rc is not None and slot.restart_at is None:
                     if rc == -signal.SIGKILL and slot.ordered_kill:
                         slot.restart_at = now + next(self.reboots)
@@ -578,20 +594,22 @@ class Chaos:
                         )
                         self.note(f"client {slot.index} died by itself ({rc}); watchdog restart")
                         slot.restart_at = now + 1.0  # a watchdog, so the run goes on
+                    if slot.order is not None:  # not carried out: someone else's
+                        kills.insert(0, slot.order)
                     slot.order = None
                     with contextlib.suppress(FileNotFoundError):
                         (self.work / "orders" / f"c{slot.index}").unlink()
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self.start_client(slot)
                     self.note(f"client {slot.index} restarted (pid {slot.proc.pid})")
-            # Client kills, one at a time, the next one at least 1.5 s after the last.
+            # Client kills, one at a time, the next once a round finished since the last.
             ordered = [s for s in self.slots if s.order is not None]
             for slot in ordered:  # an order nobody reached in 25 s goes elsewhere
                 if now - slot.order_since > 25:
                     (self.work / "orders" / f"c{slot.index}").unlink(missing_ok=True)
                     kills.insert(0, slot.order)  # type: ignore[arg-type]
                     slot.order = None
-            if kills and not any(s.order for s in self.slots) and now - last_kill > 1.5:
+            if kills and not any(s.order for s in self.slots) and finished > finished_at_kill:
                 stage = kills[0]
                 alive = [
                     s
@@ -615,7 +633,7 @@ class Chaos:
                         )
                         self.note(f"client {slot.index} SIGKILLed in its check-in")
                         kills.pop(0)
-                        last_kill = now
+                        finished_at_kill = finished
                 elif alive:
                     slot = random.Random(len(kills) * 7919 + cfg.seed).choice(alive)
                     slot.order, slot.order_since = stage, now
@@ -669,6 +687,11 @@ class Chaos:
             if slot.order:
                 (self.work / "orders" / f"c{slot.index}").unlink(missing_ok=True)
         self.wait_clients_return(done)
+
+    def task_over(self) -> bool:
+        """Whether the task has ended (asks the server now)."""
+        r = self.admin_get(f"/v1/admin/tasks/{self.task_id}")
+        return r is not None and r.status_code == 200 and r.json()["status"] != "active"
 
     def wait_clients_return(self, done: bool) -> None:
         """Once the task is over, clients return by themselves within 30 s."""

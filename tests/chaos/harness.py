@@ -70,6 +70,9 @@ ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ADMIN = "chaos-admin-token"
+# secagg serve's exit status when it lost its writer-lock connection and
+# failed closed (secagg/writer_lock.py, EXIT_WRITER_LOCK_LOST).
+EXIT_WRITER_LOCK_LOST = 4
 
 # Where a client can be SIGKILLed. "checkin": by the harness, while the client
 # waits in its check-in long-poll; the others: by the client itself on entering
@@ -89,8 +92,14 @@ INVARIANTS = {
     "completions_true": "a round a client reported completed is completed with a version",
     "no_500": "the server never answered 500 (its log, clients, garbage client, harness)",
     "task_completes": "the task completed within the time limit",
+    "server_alive": "the server process never exited by itself, except by failing closed "
+    "(status 4) when a cut took its writer-lock connection",
     "faults_injected": "every fault of the plan was injected",
 }
+
+
+class ServerExited(RuntimeError):
+    """``secagg serve`` exited while starting."""
 
 
 class PostgresUnavailable(RuntimeError):
@@ -114,6 +123,9 @@ class ChaosConfig:
     client_kills: int = 3
     server_kill: bool = True
     db_cuts: int = 1
+    # Of the cuts, how many also take the connection holding the server's
+    # writer lock (the others cut every other backend of the server).
+    db_cuts_with_lock: int = 0
     slow_client: bool = True
     slow_train_s: float = 3.0
     garbage_client: bool = True
@@ -140,6 +152,7 @@ LONG = replace(
     client_kills=2 * len(STAGES),
     garbage_checks_in=True,
     db_cuts=4,
+    db_cuts_with_lock=1,
     time_limit_s=420.0,
 )
 
@@ -151,6 +164,7 @@ class Plan:
     kill_stages: tuple[str, ...]  # one client SIGKILL per entry, in this order
     server_kill_stage: str | None  # killed when a client enters it (after a completed round)
     db_cut_stages: tuple[str, ...]
+    db_cut_with_lock: tuple[bool, ...]
     slow_index: int | None
     reboot_delays: tuple[float, ...]
 
@@ -167,6 +181,12 @@ def make_plan(cfg: ChaosConfig) -> Plan:
         kill_stages=tuple(stages),
         server_kill_stage=rng.choice(SERVER_KILL_STAGES) if cfg.server_kill else None,
         db_cut_stages=tuple(rng.choice(DB_CUT_STAGES) for _ in range(cfg.db_cuts)),
+        db_cut_with_lock=tuple(
+            rng.sample(
+                [True] * cfg.db_cuts_with_lock + [False] * (cfg.db_cuts - cfg.db_cuts_with_lock),
+                cfg.db_cuts,
+            )
+        ),
         slow_index=rng.randrange(cfg.clients) if cfg.slow_client else None,
         reboot_delays=tuple(rng.uniform(0.3, 2.0) for _ in range(64)),
     )
@@ -267,8 +287,26 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> float:
-        """Start ``secagg serve`` and wait for /healthz; the seconds it took."""
+        """Start ``secagg serve`` and wait for /healthz; the seconds it took.
+
+        A server that exits while starting (e.g. its predecessor's writer lock
+        not yet released by the database) is started again, until ``timeout``.
+        """
         started = time.monotonic()
+        while True:
+            try:
+                self._start(started + timeout)
+                return time.monotonic() - started
+            except ServerExited:
+                if time.monotonic() - started > timeout:
+                    raise
+                time.sleep(1.0)
+
+    def log_tail(self) -> str:
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line]
+        return " | ".join(lines[-3:])[-600:]
+
+    def _start(self, deadline: float) -> None:
         env = {
             "SECAGG_DATABASE_URL": self.db_url,
             "SECAGG_ADMIN_TOKEN": ADMIN,
@@ -292,19 +330,19 @@ class ServerProcess:
         ]
         self.proc = self.procs.start(args, self.log, env)
         with httpx.Client(verify=tls_verify(self.ca), timeout=5) as c:
-            while time.monotonic() - started < timeout:
+            while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(
+                    raise ServerExited(
                         f"secagg serve exited with {self.proc.returncode}: "
                         + self.log.read_text()[-3000:]
                     )
                 try:
                     if c.get(f"{self.url}/healthz").status_code == 200:
-                        return time.monotonic() - started
+                        return
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
-        raise RuntimeError(f"secagg serve not healthy after {timeout:.0f} s")
+        raise RuntimeError(f"secagg serve not healthy in time: {self.log_tail()}")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -506,15 +544,21 @@ class Chaos:
             lines.append((float(t), int(pid), stage, rest))
         return lines
 
-    def cut_db(self, why: str) -> None:
+    def cut_db(self, why: str, with_lock: bool) -> None:
+        """Terminate the server's database sessions: all of them, or all but the one
+        holding an advisory lock (the server's writer lock, where there is one)."""
         with psycopg.connect(POSTGRES_CONNINFO, autocommit=True, connect_timeout=5) as c:
             rows = c.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                (self.app_name,),
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+                "WHERE a.application_name LIKE %s AND a.pid <> pg_backend_pid() AND (%s OR "
+                "NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
+                "AND l.locktype = 'advisory'))",
+                (self.app_name + "%", with_lock),
             ).fetchall()
-        self.report.facts.setdefault("db_cuts", []).append({"at": why, "backends": len(rows)})
-        self.note(f"cut {len(rows)} database connections ({why})")
+        self.report.facts.setdefault("db_cuts", []).append(
+            {"at": why, "backends": len(rows), "with_lock": with_lock}
+        )
+        self.note(f"cut {len(rows)} database connections ({why}, writer lock: {with_lock})")
 
     def run(self) -> None:
         cfg, plan = self.cfg, self.plan
@@ -523,7 +567,8 @@ class Chaos:
         if cfg.garbage_client:
             self.start_garbage()
         kills = list(plan.kill_stages)
-        cuts = list(plan.db_cut_stages)
+        cuts = list(zip(plan.db_cut_stages, plan.db_cut_with_lock, strict=True))
+        lock_cut_at = -1e9
         server_kill = plan.server_kill_stage
         executed: list[dict[str, Any]] = []
         last_cut = 0.0
@@ -654,9 +699,29 @@ class Chaos:
                 server_kill = None
                 continue
             # Database cuts.
-            if cuts and now - last_cut > 3 and any(st == cuts[0] for _, st in fresh):
-                self.cut_db(f"a client entered {cuts.pop(0)}")
+            if cuts and now - last_cut > 3 and any(st == cuts[0][0] for _, st in fresh):
+                stage, with_lock = cuts.pop(0)
+                self.cut_db(f"a client entered {stage}", with_lock)
                 last_cut = now
+                if with_lock:
+                    lock_cut_at = now
+            # The server exiting by itself: restarted, as a supervisor would.
+            assert self.server.proc is not None
+            rc = self.server.proc.poll()
+            if rc is not None:
+                expected = rc == EXIT_WRITER_LOCK_LOST and now - lock_cut_at < 60
+                if not expected:
+                    self.report.fail(
+                        "server_alive",
+                        f"secagg serve exited by itself with status {rc} at "
+                        f"{now - self.t0:.1f} s: {self.server.log_tail()}",
+                    )
+                self.note(f"server exited by itself ({rc}); restarting it")
+                took = self.server.start()
+                self.report.facts.setdefault("server_exits", []).append(
+                    {"status": rc, "expected": expected, "restart_s": round(took, 2)}
+                )
+                continue
             time.sleep(0.1)
         elapsed = time.monotonic() - self.t0
         self.report.facts["run_s"] = round(elapsed, 1)
@@ -680,7 +745,7 @@ class Chaos:
         if server_kill:
             missing.append(f"server kill (stage {server_kill}) not done")
         if cuts:
-            missing.append(f"database cuts not done: {cuts}")
+            missing.append(f"database cuts not done: {[stage for stage, _ in cuts]}")
         for m in missing:
             self.report.fail("faults_injected", m)
         for slot in self.slots:

@@ -78,16 +78,23 @@ class Reporter:
 
 
 class ChaosClient(Client):
-    """The SDK client, reporting when it checks in and what each round came to."""
+    """The SDK client, reporting what each round came to."""
 
     report: Reporter
 
-    def participate(self) -> Any:
-        self.report("checkin")
-        outcome = super().participate()  # type: ignore[misc]
-        if outcome is not None:
-            self.report("outcome", outcome.round_number, outcome.state, outcome.abort_reason or "-")
-        return outcome
+
+# The method run() calls once per check-in, whatever the SDK version names it.
+_ONE_ROUND = "_participate_typed" if hasattr(Client, "_participate_typed") else "participate"
+
+
+def _one_round(self: ChaosClient, *args: Any, **kwargs: Any) -> Any:
+    outcome = getattr(super(ChaosClient, self), _ONE_ROUND)(*args, **kwargs)
+    if outcome is not None:
+        self.report("outcome", outcome.round_number, outcome.state, outcome.abort_reason or "-")
+    return outcome
+
+
+setattr(ChaosClient, _ONE_ROUND, _one_round)
 
 
 def main() -> int:
@@ -170,7 +177,14 @@ def main() -> int:
             if response.status_code >= 500:
                 report("http5xx", response.request.method, response.url.path, response.status_code)
 
-        http.event_hooks = {"response": [seen]}
+        def sending(request: httpx.Request) -> None:
+            if request.url.path.endswith("/checkin"):
+                report("checkin")
+
+        hooks = http.event_hooks
+        hooks.setdefault("request", []).append(sending)
+        hooks.setdefault("response", []).append(seen)
+        http.event_hooks = hooks
     outcomes = client.run()
     report("exit", json.dumps([getattr(o, "state", str(o)) for o in outcomes or []]))
     return 0

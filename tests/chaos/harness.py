@@ -117,7 +117,7 @@ class ChaosConfig:
     clients: int = 10
     clients_per_round: int = 5
     min_clients: int = 5
-    rounds: int = 3
+    rounds: int = 4
     vector_length: int = 32
     scale: float = 1024.0
     client_kills: int = 3
@@ -679,11 +679,21 @@ class Chaos:
                         self.note(f"client {slot.index} SIGKILLed in its check-in")
                         kills.pop(0)
                         finished_at_kill = finished
-                elif alive:
-                    slot = random.Random(len(kills) * 7919 + cfg.seed).choice(alive)
-                    slot.order, slot.order_since = stage, now
-                    (self.work / "orders" / f"c{slot.index}").write_text(stage)
-                    kills.pop(0)
+                else:
+                    # A protocol stage: a client of the round that is starting, so
+                    # the kill lands in this round (a client not selected would
+                    # carry its order to whichever round it joins next).
+                    joining = [
+                        s
+                        for s in alive
+                        if s.stage in ("assigned", "training") and s.stage_pid == s.proc.pid  # type: ignore[union-attr]
+                    ]
+                    candidates = alive if stage == "training" else joining
+                    if candidates:
+                        slot = random.Random(len(kills) * 7919 + cfg.seed).choice(candidates)
+                        slot.order, slot.order_since = stage, now
+                        (self.work / "orders" / f"c{slot.index}").write_text(stage)
+                        kills.pop(0)
             # The server kill: once a round completed, when a client enters the stage.
             if server_kill and completed >= 1 and any(st == server_kill for _, st in fresh):
                 self.server.kill()

@@ -112,11 +112,12 @@ class ChaosConfig:
     # A round that aborts after R2 bars its whole cohort from the base version
     # (spec §4.7: a client contributes at most once per base version), so the
     # fleet holds two cohorts: a round can still start after the server kill.
-    # A cohort of 5 (threshold 3) survives one dropout: clients are killed one
-    # per finished round, so only the server kill aborts a round on purpose.
-    clients: int = 10
-    clients_per_round: int = 5
-    min_clients: int = 5
+    # A cohort of 6 (threshold 4) keeps 5 survivors, the clients' default
+    # floor, after one dropout: clients are killed one per finished round, so
+    # only the server kill aborts a round on purpose.
+    clients: int = 12
+    clients_per_round: int = 6
+    min_clients: int = 6
     rounds: int = 4
     vector_length: int = 32
     scale: float = 1024.0

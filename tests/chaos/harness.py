@@ -109,14 +109,15 @@ class PostgresUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class ChaosConfig:
     seed: int
-    # A round that aborts after R2 bars its whole cohort from the base version
+    # Cohorts of 7, a session needs 6 (who trained): one client lost anywhere
+    # leaves at least 5 survivors, the clients' default floor (a cohort of 6
+    # sessions in 5 and aborts at the next dropout). Clients are killed one
+    # per finished round, so only the server kill aborts a round on purpose.
+    # A round that aborts after R2 bars its whole cohort from its base version
     # (spec §4.7: a client contributes at most once per base version), so the
     # fleet holds two cohorts: a round can still start after the server kill.
-    # A cohort of 6 (threshold 4) keeps 5 survivors, the clients' default
-    # floor, after one dropout: clients are killed one per finished round, so
-    # only the server kill aborts a round on purpose.
-    clients: int = 12
-    clients_per_round: int = 6
+    clients: int = 14
+    clients_per_round: int = 7
     min_clients: int = 6
     rounds: int = 4
     vector_length: int = 32

@@ -388,6 +388,14 @@ class ClientSlot:
     status_offset: int = 0
     finished: bool = False  # exited 0 once the task was over
 
+    @property
+    def alive(self) -> bool:
+        return self.restart_at is None and self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
 
 class Chaos:
     def __init__(self, cfg: ChaosConfig, work: Path) -> None:
@@ -402,6 +410,7 @@ class Chaos:
         self.versions_seen: dict[int, str] = {}
         self.detail: dict[str, Any] | None = None
         self.admin_500s: list[str] = []
+        self.app_name = ""  # the server's database application_name (for cuts)
         self.events: list[str] = []
         self.t0 = time.monotonic()
         self.reboots = iter(self.plan.reboot_delays * 100)
@@ -658,23 +667,19 @@ class Chaos:
                     slot.order = None
             if kills and not any(s.order for s in self.slots) and finished > finished_at_kill:
                 stage = kills[0]
-                alive = [
-                    s
-                    for s in self.slots
-                    if s.restart_at is None and s.proc is not None and s.proc.poll() is None
-                ]
+                alive = [s for s in self.slots if s.alive]
                 if stage == "checkin":  # the harness kills it in its check-in long-poll
                     waiting = [
                         s
                         for s in alive
                         if s.stage == "checkin"
                         and now - s.stage_since > 0.3
-                        and s.stage_pid == s.proc.pid
-                    ]  # type: ignore[union-attr]
+                        and s.stage_pid == s.pid
+                    ]
                     if waiting:
                         slot = random.Random(len(kills)).choice(waiting)
                         slot.ordered_kill = True
-                        os.kill(slot.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                        os.kill(slot.pid, signal.SIGKILL)
                         executed.append(
                             {"client": slot.index, "stage": stage, "rounds_done": completed}
                         )
@@ -688,7 +693,7 @@ class Chaos:
                     joining = [
                         s
                         for s in alive
-                        if s.stage in ("assigned", "training") and s.stage_pid == s.proc.pid  # type: ignore[union-attr]
+                        if s.stage in ("assigned", "training") and s.stage_pid == s.pid
                     ]
                     candidates = alive if stage == "training" else joining
                     if candidates:
@@ -953,7 +958,7 @@ class Chaos:
             for rd in rounds
             if rd["status"] == "completed" and rd["result_version"] is not None
         }
-        claims = Counter()
+        claims: Counter[str] = Counter()
         for slot in self.slots:
             path = self.work / "status" / f"c{slot.index}.log"
             for line in path.read_text().splitlines():

@@ -15,9 +15,10 @@ The process reports where it is by appending a line to
 ``<work>/status/c<index>.log``: ``<unix time> <pid> <stage> [details]`` with
 stages ``start``, ``checkin``, ``assigned``, ``training``, ``R0`` .. ``R4``,
 ``outcome``, ``http5xx`` (a 5xx answer seen by the SDK) and ``exit``. If the
-file ``<work>/orders/c<index>`` names the stage the client is entering, the
-order is deleted and the process SIGKILLs itself there: the harness's way to
-kill a client in a given stage, exactly.
+file ``<work>/orders/next`` names the stage a client is entering, that client
+claims the order (an atomic rename, so only one does), says ``killed`` and
+SIGKILLs itself there: the harness's way to kill a client in a given stage,
+exactly.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Reporter:
 
     def __init__(self, work: Path, index: int) -> None:
         self.status = work / "status" / f"c{index}.log"
-        self.order = work / "orders" / f"c{index}"
+        self.order = work / "orders" / "next"
+        self.claimed = work / "orders" / f"claimed-c{index}-{os.getpid()}"
         self.pid = os.getpid()
 
     def __call__(self, stage: str, *details: object) -> None:
@@ -67,14 +69,14 @@ class Reporter:
         with self.status.open("a") as fh:
             fh.write(line + "\n")
         try:
-            ordered = self.order.read_text().strip()
+            if self.order.read_text().strip() != stage:
+                return
+            os.rename(self.order, self.claimed)  # atomic: one client claims an order
         except FileNotFoundError:
-            return
-        if ordered == stage:
-            self.order.unlink(missing_ok=True)
-            with self.status.open("a") as fh:
-                fh.write(f"{time.time():.3f} {self.pid} killed {stage}\n")
-            os.kill(self.pid, signal.SIGKILL)
+            return  # no order, or another client claimed it first
+        with self.status.open("a") as fh:
+            fh.write(f"{time.time():.3f} {self.pid} killed {stage}\n")
+        os.kill(self.pid, signal.SIGKILL)
 
 
 class ChaosClient(Client):

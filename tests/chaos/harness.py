@@ -379,8 +379,6 @@ class ClientSlot:
     client_id: int
     proc: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
-    order: str | None = None  # the stage it was ordered to die in
-    order_since: float = 0.0
     ordered_kill: bool = False  # the next SIGKILL exit is ours
     stage: str = ""
     stage_since: float = 0.0
@@ -584,6 +582,7 @@ class Chaos:
         executed: list[dict[str, Any]] = []
         last_cut = 0.0
         finished_at_kill = -1  # rounds finished when the last client kill happened
+        order: str | None = None  # the stage of the kill order out now
         next_detail = 0.0
         limit = time.monotonic() + cfg.time_limit_s
         self.t0 = time.monotonic()
@@ -605,7 +604,7 @@ class Chaos:
                             {"client": slot.index, "stage": rest[0], "rounds_done": completed}
                         )
                         self.note(f"client {slot.index} SIGKILLed itself in {rest[0]}")
-                        slot.order = None
+                        order = None
                         finished_at_kill = finished
                         continue
                     slot.stage, slot.stage_since, slot.stage_pid = stage, now, pid
@@ -650,22 +649,11 @@ class Chaos:
                         )
                         self.note(f"client {slot.index} died by itself ({rc}); watchdog restart")
                         slot.restart_at = now + 1.0  # a watchdog, so the run goes on
-                    if slot.order is not None:  # not carried out: someone else's
-                        kills.insert(0, slot.order)
-                    slot.order = None
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.work / "orders" / f"c{slot.index}").unlink()
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self.start_client(slot)
                     self.note(f"client {slot.index} restarted (pid {slot.proc.pid})")
             # Client kills, one at a time, the next once a round finished since the last.
-            ordered = [s for s in self.slots if s.order is not None]
-            for slot in ordered:  # an order nobody reached in 25 s goes elsewhere
-                if now - slot.order_since > 25:
-                    (self.work / "orders" / f"c{slot.index}").unlink(missing_ok=True)
-                    kills.insert(0, slot.order)  # type: ignore[arg-type]
-                    slot.order = None
-            if kills and not any(s.order for s in self.slots) and finished > finished_at_kill:
+            if kills and order is None and finished > finished_at_kill:
                 stage = kills[0]
                 alive = [s for s in self.slots if s.alive]
                 if stage == "checkin":  # the harness kills it in its check-in long-poll
@@ -687,20 +675,12 @@ class Chaos:
                         kills.pop(0)
                         finished_at_kill = finished
                 else:
-                    # A protocol stage: a client of the round that is starting, so
-                    # the kill lands in this round (a client not selected would
-                    # carry its order to whichever round it joins next).
-                    joining = [
-                        s
-                        for s in alive
-                        if s.stage in ("assigned", "training") and s.stage_pid == s.pid
-                    ]
-                    candidates = alive if stage == "training" else joining
-                    if candidates:
-                        slot = random.Random(len(kills) * 7919 + cfg.seed).choice(candidates)
-                        slot.order, slot.order_since = stage, now
-                        (self.work / "orders" / f"c{slot.index}").write_text(stage)
-                        kills.pop(0)
+                    # The first client to enter the stage claims the order (an
+                    # atomic rename) and SIGKILLs itself there.
+                    order = kills.pop(0)
+                    tmp = self.work / "orders" / "next.tmp"
+                    tmp.write_text(order)
+                    os.replace(tmp, self.work / "orders" / "next")
             # The server kill: once a round completed, when a client enters the stage.
             if server_kill and completed >= 1 and any(st == server_kill for _, st in fresh):
                 self.server.kill()
@@ -755,19 +735,19 @@ class Chaos:
                 f"{(self.detail or {}).get('failure_reason')}",
             )
         missing = []
-        if kills or any(s.order for s in self.slots):
-            missing.append(
-                f"client kills not done: {kills + [s.order for s in self.slots if s.order]}"
-            )
+        with contextlib.suppress(FileNotFoundError):  # withdrawn (unless claimed just now)
+            os.rename(self.work / "orders" / "next", self.work / "orders" / "withdrawn")
+        if order is not None and not (self.work / "orders" / "withdrawn").exists():
+            order = None  # claimed as the run ended: it died, and is restarted below
+        if kills or order is not None:
+            pending = ([order] if order else []) + kills
+            missing.append(f"client kills not done: {pending}")
         if server_kill:
             missing.append(f"server kill (stage {server_kill}) not done")
         if cuts:
             missing.append(f"database cuts not done: {[stage for stage, _ in cuts]}")
         for m in missing:
             self.report.fail("faults_injected", m)
-        for slot in self.slots:
-            if slot.order:
-                (self.work / "orders" / f"c{slot.index}").unlink(missing_ok=True)
         self.wait_clients_return(done)
 
     def task_over(self) -> bool:
@@ -782,22 +762,27 @@ class Chaos:
                 self.start_client(slot)
         deadline = time.monotonic() + 30
         for slot in self.slots:
-            assert slot.proc is not None
-            try:
-                rc = slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                if done:
+            while slot.proc is not None:
+                try:
+                    rc = slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    if done:
+                        self.report.fail(
+                            "clients_return",
+                            f"client {slot.index} still running 30 s after the task was over",
+                        )
+                    break
+                killed = any(line[2] == "killed" for line in self.read_status(slot))
+                if rc == -signal.SIGKILL and killed:  # an order claimed as the run ended
+                    self.start_client(slot)
+                    continue
+                if rc != 0 and done:
                     self.report.fail(
                         "clients_return",
-                        f"client {slot.index} still running 30 s after the task was over",
+                        f"client {slot.index} ended with status {rc} after the task was "
+                        f"over: {self._log_tail(slot.index)}",
                     )
-                continue
-            if rc != 0 and done:
-                self.report.fail(
-                    "clients_return",
-                    f"client {slot.index} ended with status {rc} "
-                    f"after the task was over: {self._log_tail(slot.index)}",
-                )
+                break
 
     def _log_tail(self, index: int) -> str:
         text = (self.work / "logs" / f"c{index}.log").read_text(errors="replace")

@@ -1059,6 +1059,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-server-kill", action="store_true", help="leave the server alone")
     p.add_argument("--no-client-kills", action="store_true")
     p.add_argument("--no-db-cuts", action="store_true")
+    p.add_argument("--db-cuts", type=int, help="how many database cuts (default: the variant's)")
+    p.add_argument(
+        "--db-cuts-with-lock", type=int, help="of which also cut the writer-lock connection"
+    )
+    p.add_argument("--rounds", type=int, help="rounds of the task (default: the variant's)")
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 1 << 31)
     cfg = replace(SHORT if a.variant == "short" else LONG, seed=seed)
@@ -1067,7 +1072,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.no_client_kills:
         cfg = replace(cfg, client_kills=0)
     if a.no_db_cuts:
-        cfg = replace(cfg, db_cuts=0)
+        cfg = replace(cfg, db_cuts=0, db_cuts_with_lock=0)
+    if a.db_cuts is not None:
+        cfg = replace(
+            cfg, db_cuts=a.db_cuts, db_cuts_with_lock=min(cfg.db_cuts_with_lock, a.db_cuts)
+        )
+    if a.db_cuts_with_lock is not None:
+        cfg = replace(cfg, db_cuts_with_lock=min(a.db_cuts_with_lock, cfg.db_cuts))
+    if a.rounds is not None:
+        cfg = replace(cfg, rounds=a.rounds)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
     work.mkdir(parents=True, exist_ok=True)
     print(

@@ -14,7 +14,9 @@ can recompute every round's weighted mean from files.
 The process reports where it is by appending a line to
 ``<work>/status/c<index>.log``: ``<unix time> <pid> <stage> [details]`` with
 stages ``start``, ``checkin``, ``assigned``, ``training``, ``R0`` .. ``R4``,
-``outcome``, ``http5xx`` (a 5xx answer seen by the SDK) and ``exit``. If the
+``outcome``, ``http5xx`` (a 5xx answer seen by the SDK), ``hold`` and ``exit``.
+If ``<work>/orders/hold`` names the stage, the first client to enter it holds
+there for ``HOLD_S`` seconds (the harness kills the server meanwhile). If the
 file ``<work>/orders/next`` names the stage a client is entering, that client
 claims the order (an atomic rename, so only one does), says ``killed`` and
 SIGKILLs itself there: the harness's way to kill a client in a given stage,
@@ -43,6 +45,8 @@ from protocol.encoding import EvalSums
 # Largest |k| of an update coordinate k / scale (the task's clip must exceed it).
 MAX_STEPS = 256
 MAX_WEIGHT = 50
+# How long the straggler of the server kill stays in its stage.
+HOLD_S = 3.0
 
 
 def update_for(
@@ -62,12 +66,14 @@ class Reporter:
         self.status = work / "status" / f"c{index}.log"
         self.order = work / "orders" / "next"
         self.claimed = work / "orders" / f"claimed-c{index}-{os.getpid()}"
+        self.hold = work / "orders" / "hold"
         self.pid = os.getpid()
 
     def __call__(self, stage: str, *details: object) -> None:
         line = " ".join([f"{time.time():.3f}", str(self.pid), stage, *map(str, details)])
         with self.status.open("a") as fh:
             fh.write(line + "\n")
+        self._maybe_hold(stage)
         try:
             if self.order.read_text().strip() != stage:
                 return
@@ -77,6 +83,18 @@ class Reporter:
         with self.status.open("a") as fh:
             fh.write(f"{time.time():.3f} {self.pid} killed {stage}\n")
         os.kill(self.pid, signal.SIGKILL)
+
+    def _maybe_hold(self, stage: str) -> None:
+        """The harness's straggler order: stay HOLD_S in this stage (the server dies meanwhile)."""
+        try:
+            if self.hold.read_text().strip() != stage:
+                return
+            os.rename(self.hold, self.claimed.with_suffix(".hold"))
+        except FileNotFoundError:
+            return
+        with self.status.open("a") as fh:
+            fh.write(f"{time.time():.3f} {self.pid} hold {stage}\n")
+        time.sleep(HOLD_S)
 
 
 class ChaosClient(Client):

@@ -583,6 +583,7 @@ class Chaos:
         last_cut = 0.0
         finished_at_kill = -1  # rounds finished when the last client kill happened
         order: str | None = None  # the stage of the kill order out now
+        hold_issued = hold_seen = False  # the straggler of the server kill
         next_detail = 0.0
         limit = time.monotonic() + cfg.time_limit_s
         self.t0 = time.monotonic()
@@ -606,6 +607,10 @@ class Chaos:
                         self.note(f"client {slot.index} SIGKILLed itself in {rest[0]}")
                         order = None
                         finished_at_kill = finished
+                        continue
+                    if stage == "hold":
+                        hold_seen = True
+                        self.note(f"client {slot.index} holds in {rest[0]}")
                         continue
                     slot.stage, slot.stage_since, slot.stage_pid = stage, now, pid
                     fresh.append((slot, stage))
@@ -682,9 +687,18 @@ class Chaos:
                     tmp.write_text(order)
                     os.replace(tmp, self.work / "orders" / "next")
             # The server kill: once a round completed, when a client enters the stage.
-            if server_kill and completed >= 1 and any(st == server_kill for _, st in fresh):
+            # The server kill: once a round completed, the first client to enter the
+            # stage holds there (a straggler) and the server is killed meanwhile,
+            # so the stage is surely open when it dies (e.g. R2 with the other
+            # clients' masked inputs in, not yet recorded).
+            if server_kill and completed >= 1 and not hold_issued:
+                tmp = self.work / "orders" / "hold.tmp"
+                tmp.write_text(server_kill)
+                os.replace(tmp, self.work / "orders" / "hold")
+                hold_issued = True
+            if server_kill and hold_seen:
                 self.server.kill()
-                self.note(f"server SIGKILLed (a client entered {server_kill})")
+                self.note(f"server SIGKILLed (a client holds in {server_kill})")
                 time.sleep(next(self.reboots))
                 took = self.server.start()
                 self.note(f"server restarted, healthy after {took:.1f} s")

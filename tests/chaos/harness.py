@@ -686,7 +686,6 @@ class Chaos:
                     tmp = self.work / "orders" / "next.tmp"
                     tmp.write_text(order)
                     os.replace(tmp, self.work / "orders" / "next")
-            # The server kill: once a round completed, when a client enters the stage.
             # The server kill: once a round completed, the first client to enter the
             # stage holds there (a straggler) and the server is killed meanwhile,
             # so the stage is surely open when it dies (e.g. R2 with the other
@@ -757,6 +756,7 @@ class Chaos:
             pending = ([order] if order else []) + kills
             missing.append(f"client kills not done: {pending}")
         if server_kill:
+            (self.work / "orders" / "hold").unlink(missing_ok=True)
             missing.append(f"server kill (stage {server_kill}) not done")
         if cuts:
             missing.append(f"database cuts not done: {[stage for stage, _ in cuts]}")
@@ -771,6 +771,8 @@ class Chaos:
 
     def wait_clients_return(self, done: bool) -> None:
         """Once the task is over, clients return by themselves within 30 s."""
+        if not done:
+            return  # the task is still on: they are stopped with everything else
         for slot in self.slots:  # a client killed at the very end is restarted
             if slot.restart_at is not None:
                 self.start_client(slot)
@@ -780,17 +782,16 @@ class Chaos:
                 try:
                     rc = slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    if done:
-                        self.report.fail(
-                            "clients_return",
-                            f"client {slot.index} still running 30 s after the task was over",
-                        )
+                    self.report.fail(
+                        "clients_return",
+                        f"client {slot.index} still running 30 s after the task was over",
+                    )
                     break
                 killed = any(line[2] == "killed" for line in self.read_status(slot))
                 if rc == -signal.SIGKILL and killed:  # an order claimed as the run ended
                     self.start_client(slot)
                     continue
-                if rc != 0 and done:
+                if rc != 0:
                     self.report.fail(
                         "clients_return",
                         f"client {slot.index} ended with status {rc} after the task was "

@@ -959,6 +959,7 @@ class Chaos:
             if rd["status"] == "completed" and rd["result_version"] is not None
         }
         claims: Counter[str] = Counter()
+        answers_5xx: Counter[str] = Counter()
         for slot in self.slots:
             path = self.work / "status" / f"c{slot.index}.log"
             for line in path.read_text().splitlines():
@@ -972,11 +973,14 @@ class Chaos:
                             f"{rest[0]} completed; the server has no completed "
                             "round with that number",
                         )
-                elif stage == "http5xx" and rest[-1] == "500":
+                elif stage == "http5xx":
+                    answers_5xx[rest[-1]] += 1
+                if stage == "http5xx" and rest[-1] == "500":
                     self.report.fail(
                         "no_500", f"client {slot.index} got 500 on {rest[0]} {rest[1]}"
                     )
         self.report.facts["client_outcomes"] = dict(claims)
+        self.report.facts["client_5xx_answers"] = dict(answers_5xx)  # 503: transient, retried
 
     def scan_logs(self) -> None:
         markers = ("unhandled error", "internal_error", "Exception in ASGI application")

@@ -16,8 +16,11 @@ One run (:func:`run_chaos`):
    (killed clients are restarted, as a rebooted device would be; surviving
    clients never are, except by the watchdog that keeps a run going after a
    client died by itself, which is a failed invariant), one SIGKILL of the
-   server and its restart, and cut database connections
-   (``pg_terminate_backend`` on the server's backends).
+   server and its restart (while a straggler holds a stage open, so that the
+   stage is surely running), and cut database connections
+   (``pg_terminate_backend`` on the server's backends, with or without the
+   one holding its writer lock). A server that exits by itself is restarted,
+   as a supervisor would.
 5. Invariants, checked at the end (:class:`ChaosReport`); see ``INVARIANTS``.
 
 Every process started is stopped by its pid at the end, failure or not (and

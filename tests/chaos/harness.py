@@ -741,8 +741,15 @@ class Chaos:
         self.report.facts["client_kills"] = executed
         if not done:
             status = (self.detail or {}).get("status")
+            running = [
+                r["number"]
+                for r in (self.detail or {}).get("rounds_detail", [])
+                if r["status"] == "running"
+            ]
             self.report.fail(
-                "task_completes", f"task status {status!r} after the {cfg.time_limit_s:.0f} s limit"
+                "task_completes",
+                f"task status {status!r}, rounds {running} running, after the "
+                f"{cfg.time_limit_s:.0f} s limit",
             )
         elif (self.detail or {}).get("status") != "completed":
             self.report.fail(

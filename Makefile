@@ -6,12 +6,13 @@ EXTRAS := dev,server,torch,demo
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast demo bench lint vectors check-vectors clean
+.PHONY: help install test test-fast demo bench chaos lint vectors check-vectors clean
 
 help:
 	@echo "make demo           run a simulated secure aggregation round end to end"
 	@echo "make test           create the venv, install, run the whole test suite"
 	@echo "make bench          performance runs (JSON on stdout)"
+	@echo "make chaos          the long chaos run (CHAOS_SEED=n replays a plan; needs PostgreSQL)"
 	@echo "make lint           ruff + mypy --strict on protocol/ + import-linter"
 	@echo "make vectors        regenerate specs/vectors/*.json"
 	@echo "make check-vectors  regenerate the vectors in memory and diff with specs/vectors"
@@ -40,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.http_round
 	$(BIN)/python -m benchmarks.memory
+
+# The long chaos run: more rounds and faults than the one in `make test`.
+# A new plan each time unless CHAOS_SEED is set; the seed is printed first.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --variant long $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks

@@ -270,6 +270,8 @@ class RoundDriver:
                 expected = len(waited_for)
                 await self._wait_stage(started + self.deadlines[stage])
                 async with self._lock:
+                    if self.server.round in (Round.COMPLETED, Round.ABORTED):
+                        break  # aborted from outside (abort(): shutdown, cancel)
                     sent = expected - len(self.server.pending())
                     if stage == "R2" and self.on_masked_inputs is not None:
                         # §10.2: recorded before advance() lets any unmasking request out.
@@ -278,6 +280,15 @@ class RoundDriver:
                         # sending, and a late or lost input is one all the same.
                         await self.on_masked_inputs(waited_for)
                     out = await asyncio.to_thread(self.server.advance)
+                    if (
+                        self.server.round is Round.R2_MASKED_INPUT_COLLECTION
+                        and self.on_masked_inputs is not None
+                    ):
+                        # §10.2, durably before any request for a masked input is
+                        # delivered: a server killed while R2 is open must still
+                        # know, after its restart, whom it asked on this base version
+                        # (clients record theirs before sending).
+                        await self.on_masked_inputs(frozenset(self.server.pending()))
                     record = StageRecord(
                         participants=sent,
                         dropouts=expected - sent,

@@ -93,3 +93,61 @@ def test_a_client_that_checks_in_again_has_left_its_round() -> None:
         assert runner.gone(1) and not runner.gone(2)
 
     asyncio.run(main())
+
+
+def test_the_masked_input_cohort_is_stored_before_any_request_for_a_masked_input_leaves() -> None:
+    """A server killed while R2 is open must know, after its restart, whom it asked
+    for a masked input on this base version (§10.2): clients record theirs before
+    sending, so a cohort recorded only when R2 closes would be re-selected and refuse.
+    """
+    import numpy as np
+
+    from protocol import ClientSession, Round
+    from protocol.policy import SessionPolicy
+    from protocol.testing import DeterministicRandom
+
+    config = make_config(5, 4, threshold=3)
+    clients = {
+        u: ClientSession(
+            config,
+            u,
+            np.arange(4, dtype=np.uint64) + u,
+            rng=DeterministicRandom(b"cohort" + bytes([u])),
+            policy=SessionPolicy.protocol_only(),
+        )
+        for u in config.participants
+    }
+    recorded: list[tuple[frozenset[int], list[int]]] = []
+
+    async def main() -> None:
+        driver = RoundDriver(1, config, dict.fromkeys(("R0", "R1", "R2", "R3", "R4"), 30.0))
+
+        async def on_masked_inputs(senders: frozenset[int]) -> None:
+            # What had been delivered to each client when the cohort was stored.
+            delivered = [len(driver.mailboxes[u].messages) for u in sorted(senders)]
+            recorded.append((senders, delivered))
+
+        driver.on_masked_inputs = on_masked_inputs
+        run = asyncio.create_task(driver.run())
+        for u, c in clients.items():
+            await driver.submit(u, c.start())  # R0
+        seq = dict.fromkeys(clients, 0)
+        while driver.server.round is not Round.R2_MASKED_INPUT_COLLECTION:
+            for u, c in clients.items():
+                data = await driver.mailboxes[u].get(seq[u], 30)
+                assert data is not None
+                seq[u] += 1
+                reply = c.receive(data)
+                if reply is not None and c.round is Round.R1_SHARE_KEYS:
+                    await driver.submit(u, reply)
+            await asyncio.sleep(0)
+        # R2 is open and no masked input has been sent: the cohort is already stored.
+        assert recorded, "the R2 cohort must be stored when R2 opens, not when it closes"
+        senders, delivered = recorded[0]
+        assert senders == frozenset(config.participants)
+        # Stored before R1's answers (the requests for masked inputs) were delivered.
+        assert delivered == [1] * len(senders)
+        await driver.abort("test over")
+        await run
+
+    asyncio.run(main())

@@ -270,7 +270,7 @@ class RoundDriver:
                 expected = len(waited_for)
                 await self._wait_stage(started + self.deadlines[stage])
                 async with self._lock:
-                    if self.server.round in (Round.COMPLETED, Round.ABORTED):
+                    if self._over():
                         break  # aborted from outside (abort(): shutdown, cancel)
                     sent = expected - len(self.server.pending())
                     if stage == "R2" and self.on_masked_inputs is not None:
@@ -306,6 +306,10 @@ class RoundDriver:
         finally:
             for box in self.mailboxes.values():
                 await box.close()
+
+    def _over(self) -> bool:
+        """Whether the session has ended (re-read: ``abort()`` may have run meanwhile)."""
+        return self.server.round in (Round.COMPLETED, Round.ABORTED)
 
     async def abort(self, detail: str) -> None:
         """Abort from outside (shutdown, cancel): clients still expected get an Abort."""

@@ -48,8 +48,8 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --variant long $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol secagg client_sdk tests benchmarks
-	$(BIN)/mypy --strict protocol secagg client_sdk
+	$(BIN)/ruff check protocol secagg client_sdk secagg_http secagg_sim examples tests benchmarks
+	$(BIN)/mypy --strict protocol secagg client_sdk secagg_http secagg_sim examples
 	$(BIN)/lint-imports
 
 vectors: $(STAMP)

@@ -38,8 +38,8 @@ import psycopg
 
 from protocol import SystemRandom
 from protocol.crypto import ed25519_public_key
-from protocol.transport import sign_request
 from secagg.db import Client, Database
+from secagg_http.signing import sign_request
 
 CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 ADMIN = "stall-admin"

@@ -38,7 +38,7 @@ import httpx
 
 from client_sdk.client import enrol
 from client_sdk.identity import Identity
-from protocol.transport import CBOR_MEDIA_TYPE, sign_request
+from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "hostile-admin"

@@ -26,11 +26,11 @@ import numpy as np
 
 from client_sdk.client import Client, enrol
 from client_sdk.models import FunctionModel
-from client_sdk.simulate import upload_roster
 from protocol import GraphKind, SessionConfig, SystemRandom
 from protocol.crypto import ed25519_public_key
 from protocol.encoding import EvalSums
 from protocol.testing import make_config, simulate
+from secagg_sim import upload_roster
 
 ADMIN = "bench-admin"
 

@@ -34,10 +34,10 @@ import numpy as np
 from benchmarks.http_round import ADMIN, _port
 from client_sdk.client import Client, enrol
 from client_sdk.models import FunctionModel
-from client_sdk.simulate import upload_roster
 from protocol import SystemRandom
 from protocol.crypto import ed25519_public_key
 from protocol.encoding import EvalSums
+from secagg_sim import upload_roster
 
 MiB = 1024 * 1024
 

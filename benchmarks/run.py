@@ -1,7 +1,7 @@
 """``make bench``: the protocol's performance targets, one JSON object per line.
 
 Each figure comes with its primitive-cost model measured in the same run
-(see ``secagg.bench``), so results from different machines stay comparable.
+(see ``benchmarks.bench``), so results from different machines stay comparable.
 Set ``SECAGG_BENCH_QUICK=1`` to skip the n=1000 x 10^6 run.
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from secagg.bench import run_bench
+from benchmarks.bench import run_bench
 
 RUNS: list[dict[str, object]] = [
     # complete graph, n=50, 10^5 elements, 10% dropped in R2 (target <= 0.6 s)

@@ -88,10 +88,10 @@ from protocol.authority import (
     task_scope,
     verify_roster,
 )
-from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding
+from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, session_context
 from protocol.errors import ConfigError, DecodeError, SecAggError
 from protocol.policy import DEFAULT_MIN_PARTICIPANTS, PolicyError, SessionPolicy, check_session
-from protocol.transport import CBOR_MEDIA_TYPE, session_context, sign_request
+from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 
 log = logging.getLogger("secagg.client")
 

@@ -19,7 +19,7 @@ so a fleet of clients whose server restarted does not come back in lockstep.
 It gives up with :class:`~client_sdk.errors.ServerUnreachable` once
 :attr:`RetryPolicy.give_up_after_s` has passed since the first failure.
 
-Every attempt is signed again (spec: ``protocol/transport.py``) with a fresh
+Every attempt is signed again (spec: ``secagg_http/signing.py``) with a fresh
 timestamp and nonce: the server accepts each nonce once, so a re-sent request
 must not reuse the old headers. Re-posting a protocol message is safe: the
 server answers an identical re-post of bytes it already accepted with 202.
@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 
 from client_sdk.errors import ClientError, ServerUnreachable, Stopped, TrustError
-from protocol.transport import sign_request
+from secagg_http.signing import sign_request
 
 __all__ = ["RetryPolicy", "SignedTransport", "Signer", "json_body", "tls_verify"]
 

@@ -756,3 +756,17 @@ class RoundEncoding:
             raise ConfigError(f"aggregated metrics are inconsistent: {correct} of {count}")
         mean, weight = self.update.decode(array[:-METRIC_SLOTS])
         return mean, weight, EvalSums(correct, count, loss_q / self.loss_scale)
+
+
+def session_context(task_id: int, round_number: int, encoding_context: bytes) -> bytes:
+    """The ``context`` of a training round's session: task, round and vector encoding.
+
+    Server and client compute it independently, so a client refuses a session
+    whose encoding parameters differ from those it was told to use.
+    """
+    return (
+        b"secagg-task\x00"
+        + task_id.to_bytes(8, "big")
+        + round_number.to_bytes(8, "big")
+        + encoding_context
+    )

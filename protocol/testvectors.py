@@ -43,7 +43,13 @@ from protocol._state import TERMINAL, Round
 from protocol.client import ClientSession
 from protocol.config import PROTOCOL_VERSION, GraphKind, Mode, SessionConfig
 from protocol.crypto import CIPHERSUITE, DeterministicRandom, ed25519_public_key, ed25519_sign
-from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, from_modular
+from protocol.encoding import (
+    EvalSums,
+    FixedPointEncoding,
+    RoundEncoding,
+    from_modular,
+    session_context,
+)
 from protocol.errors import AbortReason, RemoteProtocolError
 from protocol.messages import (
     AdvertisedKeys,
@@ -78,7 +84,6 @@ from protocol.testing.vectors import (
     parameter_outcome,
     replay_vector,
 )
-from protocol.transport import session_context
 
 __all__ = [
     "DECODING_FORMAT",

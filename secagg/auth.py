@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from protocol.config import MAX_CLIENT_ID
 from protocol.crypto import ed25519_is_valid_public
-from protocol.transport import (
+from secagg import db as dbm
+from secagg_http.signing import (
     HEADER_CLIENT,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -24,7 +25,6 @@ from protocol.transport import (
     NONCE_HEX_CHARS,
     verify_request,
 )
-from secagg import db as dbm
 
 
 class AuthError(Exception):

@@ -63,8 +63,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_checkout(module: str) -> Any:
+    """A module of the source checkout (``examples/``, ``benchmarks/``), which are not installed."""
+    import importlib
+
+    root = module.split(".", 1)[0]
+    if (Path.cwd() / root / "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # console scripts do not put the cwd on the path
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"{module} is part of the source checkout, not of the installed package: run this "
+            "command from the repository's root (e.g. `make demo`, `make bench`)"
+        ) from exc
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from secagg.bench import run_bench
+    run_bench = _from_checkout("benchmarks.bench").run_bench
 
     report = run_bench(
         clients=args.clients,
@@ -706,7 +722,7 @@ def demo_cmd(
     """Federated training with secure aggregation, end to end (real server and clients)."""
     if simulated:
         raise typer.Exit(_demo(argparse.Namespace(clients=clients, length=length, seed=seed)))
-    from secagg.demo.run import run_demo
+    run_demo = _from_checkout("examples.digits.run").run_demo
 
     summary = run_demo(out_dir, rounds=rounds)
     gap = summary["accuracy_gap_points"]

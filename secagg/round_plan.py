@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import GraphKind, Mode, SessionConfig
-from protocol.encoding import FixedPointEncoding, RoundEncoding
+from protocol.encoding import FixedPointEncoding, RoundEncoding, session_context
 from protocol.errors import ConfigError, ParameterError
 from protocol.params import AdversaryClass, derive_parameters
 from protocol.policy import SessionPolicy, check_parameters, smallest_threshold
-from protocol.transport import session_context
 from secagg import db as dbm
 
 AUTO_HARARY_MIN_CLIENTS = 100

@@ -67,14 +67,19 @@ from protocol._state import TERMINAL, Round
 from protocol.client import ClientSession
 from protocol.config import PROTOCOL_VERSION, GraphKind, Mode, SessionConfig
 from protocol.crypto import CIPHERSUITE, DeterministicRandom, ed25519_public_key
-from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, from_modular
+from protocol.encoding import (
+    EvalSums,
+    FixedPointEncoding,
+    RoundEncoding,
+    from_modular,
+    session_context,
+)
 from protocol.errors import AbortReason, DecodeError, ParameterError, RemoteProtocolError
 from protocol.messages import Abort, decode_message
 from protocol.params import AdversaryClass, complete_graph_threshold, derive_parameters
 from protocol.policy import SessionPolicy
 from protocol.server import ServerSession
 from protocol.simulate import DROP_ROUNDS
-from protocol.transport import session_context
 
 __all__ = [
     "DECODING_FORMAT",

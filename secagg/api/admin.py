@@ -9,7 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protocol.authority import CertificationError, Roster, authority_key_id
-from protocol.transport import CBOR_MEDIA_TYPE
 from secagg import db as dbm
 from secagg.api.deps import Admin, Coord
 from secagg.api.downloads import registry_call, weights_response
@@ -28,6 +27,7 @@ from secagg.api.schemas import (
 )
 from secagg.auth import create_enrolment_token
 from secagg.downloads import RESPONSES as DOWNLOAD_RESPONSES
+from secagg_http.signing import CBOR_MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

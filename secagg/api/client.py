@@ -7,7 +7,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from protocol import DecodeError, RemoteProtocolError
-from protocol.transport import CBOR_MEDIA_TYPE
 from secagg.api.deps import ClientId, Coord
 from secagg.api.downloads import weights_response
 from secagg.api.errors import ApiError
@@ -15,6 +14,7 @@ from secagg.api.schemas import Accepted, Id, Seq, Stage
 from secagg.bodies import drop_resident, read_body
 from secagg.downloads import RESPONSES as DOWNLOAD_RESPONSES
 from secagg.orchestrator import stored_outcome
+from secagg_http.signing import CBOR_MEDIA_TYPE
 
 router = APIRouter(tags=["client"])
 

@@ -21,7 +21,7 @@ Coord = Annotated[Coordinator, Depends(coordinator)]
 
 
 async def client_id(request: Request, coord: Coord) -> int:
-    """The authenticated client of a signed request (protocol/transport.py).
+    """The authenticated client of a signed request (secagg_http/signing.py).
 
     Headers first: a request from nobody, stale or malformed is refused before
     a byte of its body is read; then the body (bounded by the middleware) and

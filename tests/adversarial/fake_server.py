@@ -21,8 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from protocol import SessionConfig
-from protocol.encoding import FixedPointEncoding, RoundEncoding
-from protocol.transport import session_context
+from protocol.encoding import FixedPointEncoding, RoundEncoding, session_context
 from tests.model_file import npy_response
 
 TASK_ID, ROUND_ID, ROUND_NUMBER, BASE_VERSION = 1, 1, 1, 1

@@ -32,7 +32,7 @@ from client_sdk.client import tls_verify
 from client_sdk.identity import Identity
 
 try:  # the signing scheme may move out of protocol/ (issue 7, item 9)
-    from protocol.transport import CBOR_MEDIA_TYPE, sign_request
+    from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 except ImportError:  # pragma: no cover - depends on the layout that lands
     from client_sdk.transport import (  # type: ignore[import-not-found,no-redef]
         CBOR_MEDIA_TYPE,

@@ -65,7 +65,7 @@ from protocol.crypto.x509 import self_signed_certificate
 from tests.chaos.chaos_client import MAX_STEPS
 
 try:  # the signing scheme may move out of protocol/ (issue 7, item 9)
-    from protocol.transport import CBOR_MEDIA_TYPE
+    from secagg_http.signing import CBOR_MEDIA_TYPE
 except ImportError:  # pragma: no cover - depends on the layout that lands
     CBOR_MEDIA_TYPE = "application/cbor"
 

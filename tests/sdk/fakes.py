@@ -25,7 +25,7 @@ from client_sdk.identity import Identity
 from client_sdk.models import FunctionModel
 from client_sdk.transport import SignedTransport, Signer
 from protocol.crypto.x509 import self_signed_certificate
-from protocol.transport import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
+from secagg_http.signing import HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
 
 URL = "https://server.test"
 TASK = 1

@@ -1,4 +1,4 @@
-"""Tests of secagg.demo.digits: the demo's data split, model, training and plot."""
+"""Tests of examples.digits.digits: the demo's data split, model, training and plot."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from client_sdk.models import TorchModel
-from secagg.demo.digits import (
+from examples.digits.digits import (
     DEMO,
     NUM_CLASSES,
     NUM_FEATURES,

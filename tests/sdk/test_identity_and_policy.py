@@ -12,9 +12,8 @@ from client_sdk.client import Client, ClientPolicy, PolicyViolation, ServerUnrea
 from client_sdk.identity import Identity, IdentityError
 from client_sdk.models import FunctionModel
 from protocol import Mode, SessionConfig
-from protocol.encoding import FixedPointEncoding, RoundEncoding
+from protocol.encoding import FixedPointEncoding, RoundEncoding, session_context
 from protocol.testing import make_config
-from protocol.transport import session_context
 
 
 def test_identity_file_round_trip_and_permissions(tmp_path: Path) -> None:

@@ -23,12 +23,11 @@ from client_sdk.identity import Identity
 from client_sdk.ledger import ContributionLedger, LedgerError, ledger_path_for
 from client_sdk.models import FunctionModel
 from protocol import ClientSession, Mode, ServerSession, decode_message
-from protocol.encoding import FixedPointEncoding, RoundEncoding
+from protocol.encoding import FixedPointEncoding, RoundEncoding, session_context
 from protocol.messages import MessageType
 from protocol.policy import SessionPolicy
 from protocol.simulate import identity_secret
 from protocol.testing import make_config, simulate
-from protocol.transport import session_context
 from tests.model_file import npy_response
 
 URL = "http://secagg.test"

@@ -1,4 +1,4 @@
-"""client_sdk.simulate: in-process clients and server, the deployment's code paths."""
+"""secagg_sim: in-process clients and server, the deployment's code paths."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from client_sdk.models import NumpyModel
-from client_sdk.simulate import simulate
 from protocol import Round
 from protocol.encoding import EvalSums
+from secagg_sim import simulate
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from client_sdk.client import (
     Stopped,
 )
 from client_sdk.transport import STOP_POLL_S
-from protocol.transport import HEADER_NONCE, HEADER_TIMESTAMP
+from secagg_http.signing import HEADER_NONCE, HEADER_TIMESTAMP
 from tests.sdk.fakes import EPOCH, MaxJitter, identity, make_client, refused, signature_ok
 
 

@@ -14,11 +14,11 @@ import uvicorn
 
 from client_sdk.client import ClientPolicy, enrol
 from client_sdk.identity import Identity
-from client_sdk.simulate import upload_roster
 from protocol import SystemRandom
 from protocol.crypto import ed25519_public_key
 from secagg.app import create_app
 from secagg.settings import Settings
+from secagg_sim import upload_roster
 
 ADMIN = "test-admin-token"
 

@@ -17,7 +17,7 @@ from client_sdk.models import FunctionModel
 from protocol import SessionConfig
 from protocol.encoding import EvalSums
 from protocol.messages import MaskedInput
-from protocol.transport import CBOR_MEDIA_TYPE, sign_request
+from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
 
 

@@ -35,7 +35,6 @@ from protocol.authority_vectors import authority_secret
 from protocol.config import Mode, SessionConfig
 from protocol.crypto import ed25519_public_key
 from protocol.encoding import EvalSums
-from protocol.transport import CBOR_MEDIA_TYPE
 from secagg.authority_tool import (
     KEY_FILE,
     PUBLIC_FILE,
@@ -46,6 +45,7 @@ from secagg.authority_tool import (
     load_secret,
 )
 from secagg.cli import main
+from secagg_http.signing import CBOR_MEDIA_TYPE
 from tests.server.helpers import admin, new_token, running_server, wait_rounds_finished
 
 LENGTH = 8

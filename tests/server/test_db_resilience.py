@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 from protocol import SystemRandom
 from protocol.crypto import ed25519_public_key
-from protocol.transport import sign_request
 from secagg.db import (
     Client,
     Database,
@@ -39,6 +38,7 @@ from secagg.db import (
     is_transient,
 )
 from secagg.settings import Settings
+from secagg_http.signing import sign_request
 from tests.server.conftest import POSTGRES_CONNINFO
 from tests.server.helpers import ADMIN, running_server
 

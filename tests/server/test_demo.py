@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from secagg.demo.run import run_demo
+from examples.digits.run import run_demo
 
 
 @pytest.mark.slow

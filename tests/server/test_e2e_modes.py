@@ -98,7 +98,7 @@ def test_active_mode_round_with_a_drop_in_the_consistency_check(tmp_path: Path) 
 def test_wrong_round_and_wrong_length_inside_a_live_round_change_nothing(tmp_path: Path) -> None:
     from protocol import decode_message
     from protocol.messages import AdvertisedKeys, AdvertiseKeys, MaskedInput
-    from protocol.transport import CBOR_MEDIA_TYPE
+    from secagg_http.signing import CBOR_MEDIA_TYPE
 
     with running_server(tmp_path) as url:
         with admin(url) as c:

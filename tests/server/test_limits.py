@@ -28,12 +28,12 @@ from client_sdk.identity import Identity
 from protocol.errors import RemoteProtocolError
 from protocol.messages import AdvertisedKeys, AdvertiseKeys
 from protocol.testing import make_config
-from protocol.transport import CBOR_MEDIA_TYPE, sign_request
 from secagg import db as dbm
 from secagg import orchestrator
 from secagg.app import create_app
 from secagg.orchestrator import RoundDriver
 from secagg.settings import Settings
+from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 from tests.server.helpers import ADMIN, admin, new_token, running_server
 
 LIMIT = 100_000  # max_body_bytes: protocol messages and admin uploads

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.parallel import simulate_parallel
 from protocol import GraphKind, Round
 from protocol.testing import make_config, simulate
-from secagg.parallel import simulate_parallel
 
 
 def test_parallel_driver_matches_simulate_exactly() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from protocol import GraphKind, Mode, SessionConfig
+from protocol.encoding import session_context
 from protocol.errors import ConfigError
-from protocol.transport import session_context
 from secagg import db as dbm
 from secagg.round_plan import (
     BASE_S,

@@ -34,12 +34,7 @@ from rich.table import Table
 
 from client_sdk.client import enrol, tls_verify
 from client_sdk.models import TorchModel
-from protocol.authority import task_scope
-from protocol.crypto.x509 import self_signed_certificate
-from protocol.transport import CBOR_MEDIA_TYPE
-from secagg import db as dbm
-from secagg.authority_tool import certify, export_roster, init_authority
-from secagg.demo.digits import (
+from examples.digits.digits import (
     DEMO,
     accuracy,
     fedavg_plaintext,
@@ -48,7 +43,12 @@ from secagg.demo.digits import (
     plot_accuracy,
     train_centralised,
 )
+from protocol.authority import task_scope
+from protocol.crypto.x509 import self_signed_certificate
+from secagg import db as dbm
+from secagg.authority_tool import certify, export_roster, init_authority
 from secagg.registry import ModelRegistry
+from secagg_http.signing import CBOR_MEDIA_TYPE
 
 # round (1-based) -> (client index, stage where it stops answering)
 DEFAULT_DROPS: dict[int, tuple[int, str]] = {
@@ -87,8 +87,10 @@ def run_demo(
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
     db_url = f"sqlite:///{(work / 'secagg.db').resolve()}"
+    checkout = str(Path(__file__).resolve().parents[2])  # examples/ is not installed
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])),
         "SECAGG_DATABASE_URL": db_url,
         "SECAGG_ADMIN_TOKEN": ADMIN_TOKEN,
         "SECAGG_LONG_POLL_S": "10",
@@ -161,7 +163,7 @@ def run_demo(
                     [
                         sys.executable,
                         "-m",
-                        "secagg.demo.client",
+                        "examples.digits.client",
                         "--server",
                         url,
                         "--ca",

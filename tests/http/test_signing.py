@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from protocol.crypto import ed25519_public_key
-from protocol.transport import (
-    HEADER_SIGNATURE,
-    request_payload,
-    session_context,
-    sign_request,
-    verify_request,
-)
+from protocol.encoding import session_context
+from secagg_http.signing import HEADER_SIGNATURE, request_payload, sign_request, verify_request
 
 SECRET = bytes(range(32))
 PUBLIC = ed25519_public_key(SECRET)

@@ -1,4 +1,4 @@
-"""What client and server agree on for authenticated HTTP requests (no I/O here).
+"""Request signing of the service's HTTP binding (specs/service-v1.md; no I/O here).
 
 Every request of an enrolled client carries four headers; the signature is
 Ed25519 by the client's identity key over :func:`request_payload`, which binds
@@ -85,17 +85,3 @@ def verify_request(
         method, path, timestamp, nonce, client_id, body, body_sha256=body_sha256
     )
     return ed25519_verify(public_key, signature, payload)
-
-
-def session_context(task_id: int, round_number: int, encoding_context: bytes) -> bytes:
-    """The ``context`` of a training round's session: task, round and vector encoding.
-
-    Server and client compute it independently, so a client refuses a session
-    whose encoding parameters differ from those it was told to use.
-    """
-    return (
-        b"secagg-task\x00"
-        + task_id.to_bytes(8, "big")
-        + round_number.to_bytes(8, "big")
-        + encoding_context
-    )

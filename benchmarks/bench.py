@@ -171,7 +171,7 @@ def run_bench(
     sim = simulate(config, inputs, dropouts=dropouts)
     wall = time.perf_counter() - t0
 
-    from secagg.parallel import simulate_parallel
+    from benchmarks.parallel import simulate_parallel
 
     t0 = time.perf_counter()
     par_aggregate, par_survivors, _, _ = simulate_parallel(config, inputs, dropouts=dropouts)

@@ -1,7 +1,7 @@
 """One demo client process: load its identity (or enrol), then train on its digits shard
 with secure aggregation.
 
-Run by ``secagg demo`` as ``python -m secagg.demo.client ...``; each process
+Run by ``secagg demo`` as ``python -m examples.digits.client ...``; each process
 holds only its own shard of the data, as a hospital or a phone would.
 """
 
@@ -16,9 +16,7 @@ import torch
 from client_sdk.client import Client, ClientPolicy, enrol
 from client_sdk.identity import Identity
 from client_sdk.models import TorchModel
-from protocol import Round
-from protocol.encoding import EvalSums
-from secagg.demo.digits import (
+from examples.digits.digits import (
     DEMO,
     evaluate,
     load_digits_split,
@@ -26,6 +24,8 @@ from secagg.demo.digits import (
     make_model,
     train_local,
 )
+from protocol import Round
+from protocol.encoding import EvalSums
 
 STAGES = {
     "R0": Round.R0_ADVERTISE_KEYS,

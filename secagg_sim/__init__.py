@@ -1,4 +1,4 @@
-"""``client_sdk.simulate``: N in-process clients against an in-process server.
+"""``secagg_sim``: N in-process clients against an in-process server.
 
 For experiments: the same code paths as a deployment (HTTP on loopback,
 signed requests, the orchestrator, the registry, the SDK client), without
@@ -27,7 +27,7 @@ from client_sdk.models import FlatModel, as_flat_model
 from protocol import SystemRandom
 from protocol.authority import sign_roster, task_scope
 from protocol.crypto import ed25519_public_key
-from protocol.transport import CBOR_MEDIA_TYPE
+from secagg_http.signing import CBOR_MEDIA_TYPE
 
 
 @dataclass

@@ -70,3 +70,21 @@ def test_session_context_binds_task_round_and_encoding() -> None:
     assert a != session_context(2, 2, b"enc")
     assert a != session_context(1, 3, b"enc")
     assert a != session_context(1, 2, b"enc2")
+
+
+def test_the_worked_example_of_the_service_spec_reproduces() -> None:
+    """specs/service-v1.md §10: payload and signature, from the values it names."""
+    from pathlib import Path
+
+    from protocol.crypto import ed25519_public_key
+    from secagg_http.signing import request_payload, sign_request
+
+    spec = (Path(__file__).parents[2] / "specs" / "service-v1.md").read_text()
+    section = spec[spec.index("## 10. Request signing") :]
+    secret = bytes(range(32))
+    args = ("POST", "/v1/rounds/5/messages", 1767225600, "0123456789abcdef0123456789abcdef")
+    payload = request_payload(*args, 7, b"\xa0")
+    headers = sign_request(secret, 7, *args, b"\xa0")
+    assert ed25519_public_key(secret).hex() in section
+    assert payload.decode().replace("\n", "\\n") in section
+    assert f"x-secagg-signature: {headers['x-secagg-signature']}" in section

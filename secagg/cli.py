@@ -463,52 +463,33 @@ def _task_action(action: str, task_id: int, *auth: Any) -> None:
     typer.echo(f"task {view.id} {view.name!r}: {view.status}")
 
 
-@task_app.command("cancel")
-def task_cancel(
-    task_id: TaskId,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    ca: CaOption = None,
-) -> None:
-    """Cancel a task for good (a running round is aborted)."""
-    _task_action("cancel", task_id, server, token, token_file, ca)
+_TASK_ACTIONS = {
+    "cancel": "Cancel a task for good (a running round is aborted).",
+    "pause": "Pause a task: a running round finishes, no new one starts.",
+    "resume": "Resume a paused or failed task.",
+    "archive": "Archive a finished task (hidden from `secagg status` unless --all).",
+}
 
 
-@task_app.command("pause")
-def task_pause(
-    task_id: TaskId,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    ca: CaOption = None,
-) -> None:
-    """Pause a task: a running round finishes, no new one starts."""
-    _task_action("pause", task_id, server, token, token_file, ca)
+def _register_task_action(action: str, doc: str) -> None:
+    """``secagg task <action> N``: one admin status transition over HTTP."""
+
+    def command(
+        task_id: TaskId,
+        server: ServerOption = None,
+        token: TokenOption = None,
+        token_file: TokenFileOption = None,
+        ca: CaOption = None,
+    ) -> None:
+        _task_action(action, task_id, server, token, token_file, ca)
+
+    command.__doc__ = doc
+    command.__name__ = f"task_{action}"
+    task_app.command(action)(command)
 
 
-@task_app.command("resume")
-def task_resume(
-    task_id: TaskId,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    ca: CaOption = None,
-) -> None:
-    """Resume a paused or failed task."""
-    _task_action("resume", task_id, server, token, token_file, ca)
-
-
-@task_app.command("archive")
-def task_archive(
-    task_id: TaskId,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    ca: CaOption = None,
-) -> None:
-    """Archive a finished task (hidden from `secagg status` unless --all)."""
-    _task_action("archive", task_id, server, token, token_file, ca)
+for _action, _doc in _TASK_ACTIONS.items():
+    _register_task_action(_action, _doc)
 
 
 @task_app.command("upload-roster")

@@ -295,3 +295,22 @@ def test_format_pt_without_torch_is_a_clear_error(
     assert main([*args, "--server", server, "--token", ADMIN]) == 1
     assert "needs the 'torch' package" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_task_status_commands_over_http(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`secagg task pause|resume|cancel|archive N`: each reaches the server and says the status."""
+    auth = ["--server", server, "--token", ADMIN]
+    toml = _task_toml(tmp_path / "task.toml", "status-commands", "vector_length = 8\n")
+    assert main(["task", "create", str(toml), *auth]) == 0
+    task_id = capsys.readouterr().out.strip()
+    steps = [("pause", "paused"), ("resume", "active"), ("cancel", "cancelled")]
+    steps.append(("archive", "archived"))
+    for action, status in steps:
+        assert main(["task", action, task_id, *auth]) == 0, action
+        assert capsys.readouterr().out.strip().endswith(status), action
+        with AdminClient(server, ADMIN) as admin:
+            assert admin.task(int(task_id))["status"] == status
+    assert main(["task", "pause", task_id, *auth]) == 1  # an archived task cannot be paused
+    assert "bad_task_status" in capsys.readouterr().err

@@ -124,7 +124,22 @@ def http_round(n: int, length: int, work: Path) -> dict[str, Any]:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+        probes: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            # /healthz from a connection of its own while the round runs: the event
+            # loop must stay responsive through every stage (R4's unmasking included).
+            with httpx.Client(base_url=url, timeout=120) as h:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    h.get("/healthz")
+                    probes.append(time.perf_counter() - t)
+                    done.wait(0.05)
+
+        prober = threading.Thread(target=probe)
         t0 = time.perf_counter()
+        prober.start()
         for t in threads:
             t.start()
         for t in threads:
@@ -137,6 +152,8 @@ def http_round(n: int, length: int, work: Path) -> dict[str, Any]:
             if detail["rounds_detail"] and detail["rounds_detail"][0]["status"] != "running":
                 break
             time.sleep(0.05)
+        done.set()
+        prober.join()
         rnd = detail["rounds_detail"][0]
         stages = {k: round(v["seconds"], 4) for k, v in rnd["stage_stats"].items()}
         config = SessionConfig.decode(bytes.fromhex(rnd["config"]))
@@ -148,10 +165,23 @@ def http_round(n: int, length: int, work: Path) -> dict[str, Any]:
             "wall_s": round(wall, 4),
             "stages": stages,
             "config": config,
+            "healthz_ms": _percentiles(probes),
         }
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    ms = np.sort(np.asarray(seconds)) * 1000
+    return {
+        "probes": len(ms),
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p99": round(float(np.percentile(ms, 99)), 1),
+        "max": round(float(ms[-1]), 1),
+    }
 
 
 def main() -> int:
@@ -192,6 +222,7 @@ def main() -> int:
                 "stages": result["stages"],
                 "status": result["status"],
                 "client_errors": result["errors"],
+                "healthz_ms_during_round": result["healthz_ms"],
             }
             print(json.dumps(report), flush=True)
             ok = ok and result["status"] == "completed"

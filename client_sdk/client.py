@@ -65,6 +65,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from client_sdk.errors import AlreadyContributed as AlreadyContributed
 from client_sdk.errors import ClientError as ClientError
 from client_sdk.errors import PolicyViolation as PolicyViolation
 from client_sdk.errors import RequestRefused as RequestRefused
@@ -159,7 +160,7 @@ class ClientPolicy:
 @dataclass(frozen=True)
 class RoundOutcome:
     round_number: int
-    state: str  # "completed", "aborted", "dropped"
+    state: str  # "completed", "aborted", "dropped", "declined" (refused before training)
     abort_reason: str | None = None
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -601,6 +602,18 @@ class Client:
                     )
                     self._transport.wait(delay)
                     continue
+                except AlreadyContributed as exc:
+                    # §4.7: refused before anything was downloaded, trained or sent.
+                    # The server treats this client as gone from the round as soon
+                    # as it checks in again; the refusal does not end the loop.
+                    number = self._progress.round_number
+                    log.warning("client %d: declined a round: %s", self.client_id, exc)
+                    outcome = RoundOutcome(
+                        number if number is not None else 0,
+                        "declined",
+                        "already_contributed",
+                        seconds=clock() - started,
+                    )
                 except RequestRefused as exc:
                     number = self._progress.round_number
                     # A 409/410 after an assignment: this client came too late for
@@ -1016,7 +1029,7 @@ class Client:
         """Refuse a second contribution on the same base version (§4.7), nothing sent."""
         if self.ledger.contains(self._server_key, self.task_id, base_version):
             if not self.policy.allow_resubmission_on_same_base:
-                raise PolicyViolation(
+                raise AlreadyContributed(
                     f"already sent a masked input for task {self.task_id} on base version "
                     f"{base_version}: a second sum over the same contribution lets the "
                     "server subtract them (allow_resubmission_on_same_base opts out)"

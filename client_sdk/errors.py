@@ -79,5 +79,15 @@ class PolicyViolation(ClientError):
     """The server proposed a session this client's policy does not accept."""
 
 
+class AlreadyContributed(PolicyViolation):
+    """The round is on a base version this client already sent a masked input for.
+
+    Nothing was downloaded, trained or sent. ``Client.run()`` declines such a
+    round and checks in again (an honest server that lost track of a
+    contribution, e.g. after a crash, offers it again once); ``participate()``
+    raises it.
+    """
+
+
 class Stopped(ClientError):
     """``stop()`` became true while the client was waiting (a retry or a paused task)."""

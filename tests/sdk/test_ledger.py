@@ -259,3 +259,23 @@ def test_without_the_ledger_two_sums_reveal_one_input_by_subtraction() -> None:
     first = simulate(big, x).aggregate
     second = simulate(small, {u: x[u] for u in range(1, 6)}).aggregate
     assert np.array_equal(first - second, x[6])
+
+
+def test_run_declines_a_round_on_a_base_it_contributed_to_and_carries_on(
+    identity: Identity,
+) -> None:
+    """run() does not die on the ledger's refusal: the round is declined, nothing sent."""
+    fake = FakeServer(None)
+    fake.new_round(base_version=5)
+    client = _client(identity, fake)
+    assert client.participate() is not None  # contributed on base 5
+    fake.new_round(base_version=5)  # e.g. an honest server that lost track after a crash
+    fake.requests.clear()
+    posted_before = len(fake.posted)
+    outcomes = client.run(rounds=1)
+    assert [(o.state, o.abort_reason) for o in outcomes] == [("declined", "already_contributed")]
+    assert fake.requests == [("POST", f"/v1/tasks/{TASK}/checkin")]  # no download, no message
+    assert len(fake.posted) == posted_before
+    fake.new_round(base_version=6)  # the loop goes on: a new base is a new contribution
+    (after,) = client.run(rounds=1)
+    assert after.state == "completed"

@@ -230,8 +230,13 @@ class RoundDriver:
     def stage(self) -> str:
         return _STAGE_KEYS.get(self.server.round, self.server.round.value)
 
-    async def submit(self, client_id: int, data: bytes | memoryview) -> None:
+    async def submit(
+        self, client_id: int, data: bytes | memoryview, sha256: bytes | None = None
+    ) -> None:
         """A client's protocol message. Raises RemoteProtocolError (state unchanged).
+
+        ``sha256``: the body's digest if it was computed as the body streamed in
+        (a spooled body); otherwise it is computed here, in a worker thread.
 
         Only a participant's bytes are decoded, and never on the event loop:
         the message is decoded and checked for its sender in a worker thread
@@ -244,7 +249,7 @@ class RoundDriver:
             raise RemoteProtocolError(
                 AbortReason.WRONG_SENDER, f"client {client_id} is not in this round"
             )
-        digest = hashlib.sha256(data).digest()
+        digest = sha256 if sha256 is not None else await asyncio.to_thread(_digest, data)
         if digest in self._accepted[client_id]:
             return
         msg = await asyncio.to_thread(_decode_from, data, client_id)
@@ -334,6 +339,10 @@ class RoundDriver:
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(remaining, self.tick_s))
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _decode_from(data: bytes | memoryview, client_id: int) -> ClientMessage:

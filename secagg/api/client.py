@@ -11,7 +11,7 @@ from secagg.api.deps import ClientId, Coord
 from secagg.api.downloads import weights_response
 from secagg.api.errors import ApiError
 from secagg.api.schemas import Accepted, Id, Seq, Stage
-from secagg.bodies import drop_resident, read_body
+from secagg.bodies import body_sha256, drop_resident, read_body
 from secagg.downloads import RESPONSES as DOWNLOAD_RESPONSES
 from secagg.orchestrator import stored_outcome
 from secagg_http.signing import CBOR_MEDIA_TYPE
@@ -108,7 +108,7 @@ async def submit(round_id: Id, request: Request, cid: ClientId, coord: Coord) ->
     driver = coord.running_round(round_id).require_driver(cid)
     body = await read_body(request, coord.settings.body_spool_bytes)
     try:
-        await driver.submit(cid, body)
+        await driver.submit(cid, body, body_sha256(request))
     except DecodeError as exc:
         raise ApiError(400, exc.reason.value, exc.detail) from exc
     except RemoteProtocolError as exc:

@@ -252,3 +252,18 @@ def test_encode_and_decode_refuse_bad_input() -> None:
         enc.decode(np.zeros(128, dtype=np.int64), SID)
     with pytest.raises(ConfigError, match="count"):
         enc.decode(np.zeros(129, dtype=np.int64), SID)
+
+
+def test_params_json_round_trip_is_strict() -> None:
+    p = params()
+    assert DPParams.from_json(p.to_json()) == p
+    for bad in (
+        {**p.to_json(), "extra": 1},
+        {k: v for k, v in p.to_json().items() if k != "bits"},
+        {**p.to_json(), "bits": "20"},
+        {**p.to_json(), "dim": True},
+        {**p.to_json(), "mechanism": "laplace"},
+        [],
+    ):
+        with pytest.raises(ConfigError):
+            DPParams.from_json(bad)

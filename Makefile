@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo           run a simulated secure aggregation round end to end"
 	@echo "make test           create the venv, install, run the whole test suite"
-	@echo "make bench          performance runs (JSON on stdout)"
+	@echo "make bench          performance runs and the DP learning benchmark (JSON on stdout)"
 	@echo "make chaos          the long chaos run (CHAOS_SEED=n replays a plan; needs PostgreSQL)"
 	@echo "make lint           ruff + mypy --strict on protocol/ + import-linter"
 	@echo "make vectors        regenerate specs/vectors/*.json"
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.http_round
 	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.dp_synthetic
 
 # The long chaos run: more rounds and faults than the one in `make test`.
 # A new plan each time unless CHAOS_SEED is set; the seed is printed first.

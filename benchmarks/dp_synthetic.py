@@ -77,7 +77,8 @@ class BenchConfig:
             every device takes part equally often).
         local_epochs / batch_size / client_lr: local minibatch SGD on each
             client's own training data (one pass = one epoch).
-        server_lr: the global model moves by ``server_lr`` times the mean update.
+        server_lr / server_momentum: the server's step: heavy-ball momentum on the
+            aggregated mean update, ``v <- momentum v + mean``, ``w <- w + server_lr v``.
         l2_clip: ``c``, the L2 clip of one client's update (clipped and DP arms).
         delta: the ``delta`` of every DP statement.
         epsilons: the curve; ``inf`` means no noise (the ``clipped`` arm).
@@ -99,6 +100,7 @@ class BenchConfig:
     batch_size: int = 10
     client_lr: float = 0.01
     server_lr: float = 3.0
+    server_momentum: float = 0.0
     l2_clip: float = 0.3
     delta: float = 1e-5
     epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, math.inf)
@@ -438,11 +440,13 @@ def train(
     t0 = time.perf_counter()
     sgd_rng = np.random.default_rng([config.train_seed, 1])  # the same minibatches in every arm
     weights = np.zeros(DIM)
+    velocity = np.zeros(DIM)
     stats = RoundStats()
     history: list[float] = []
     for r, cohort in enumerate(cohorts(config)):
         updates = local_updates(weights, cohort, data, config, sgd_rng)
-        weights = weights + config.server_lr * aggregate(r, updates, stats)
+        velocity = config.server_momentum * velocity + aggregate(r, updates, stats)
+        weights = weights + config.server_lr * velocity
         history.append(accuracy(weights, data.test_x, data.test_y))
     return history, stats, time.perf_counter() - t0
 

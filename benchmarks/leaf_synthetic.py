@@ -18,8 +18,11 @@ its standard deviation, and the number of samples of a device is
 caps a device at 1000 samples (``max_num_samples`` in LEAF's
 ``data/synthetic/main.py``); the cap is a parameter here (``None`` keeps the
 FedProx law uncapped, whose heaviest device has ~10^5 samples for 1000 devices).
-Each device's samples are split into train and test (80/20 by default, first
-``floor(0.8 n)`` for training: the samples are iid within a device).
+``iid=True`` is the paper's Synthetic-IID (``generate_iid.py``): one model
+``W, b ~ N(0, 1)`` for every device and ``x ~ N(0, Sigma)``; ``alpha`` and
+``beta`` are then unused. Each device's samples are split into train and test
+(80/20 by default, the first ``floor(0.8 n)`` for training: the samples are
+iid within a device).
 
 The data are not secret: numpy's ``Generator`` with a fixed seed makes them
 reproducible. Nothing here touches the protocol's randomness.
@@ -50,7 +53,7 @@ class FederatedData:
         train_x, train_y: training features (float64, ``(N, 60)``) and labels (int64).
         train_offsets: ``num_devices + 1`` row offsets into the training arrays.
         test_x, test_y, test_offsets: likewise for the test split.
-        alpha, beta, seed: the generator's parameters.
+        alpha, beta, seed, iid: the generator's parameters.
     """
 
     train_x: npt.NDArray[np.float64]
@@ -62,6 +65,7 @@ class FederatedData:
     alpha: float
     beta: float
     seed: int
+    iid: bool = False
 
     @property
     def num_devices(self) -> int:
@@ -94,6 +98,7 @@ def generate_synthetic(
     seed: int = 0,
     train_fraction: float = 0.8,
     max_samples: int | None = 1000,
+    iid: bool = False,
 ) -> FederatedData:
     """Generate Synthetic(alpha, beta) for ``num_devices`` devices (module docstring).
 
@@ -104,6 +109,7 @@ def generate_synthetic(
         seed: seed of numpy's generator; the data are a pure function of the arguments.
         train_fraction: share of each device's samples used for training.
         max_samples: cap on a device's samples (LEAF's 1000), or None.
+        iid: Synthetic-IID instead: one model and one feature distribution for all.
 
     Returns:
         The federated data set.
@@ -126,13 +132,20 @@ def generate_synthetic(
     # Sigma_jj = j^-1.2 for j = 1..60: x = v_k + sqrt(Sigma_jj) * N(0, 1), coordinate-wise.
     feature_std = np.arange(1, NUM_FEATURES + 1, dtype=np.float64) ** -0.6
 
+    if iid:
+        global_weights = rng.normal(0.0, 1.0, (NUM_FEATURES, NUM_CLASSES))
+        global_bias = rng.normal(0.0, 1.0, NUM_CLASSES)
     train_x, train_y, test_x, test_y = [], [], [], []
     train_sizes = np.empty(num_devices, dtype=np.int64)
     test_sizes = np.empty(num_devices, dtype=np.int64)
     for k in range(num_devices):  # loop over devices; each device's samples are vectorised
-        weights = rng.normal(model_means[k], 1.0, (NUM_FEATURES, NUM_CLASSES))
-        bias = rng.normal(model_means[k], 1.0, NUM_CLASSES)
-        feature_mean = rng.normal(feature_priors[k], 1.0, NUM_FEATURES)  # v_k
+        if iid:
+            weights, bias = global_weights, global_bias
+            feature_mean = np.zeros(NUM_FEATURES)
+        else:
+            weights = rng.normal(model_means[k], 1.0, (NUM_FEATURES, NUM_CLASSES))
+            bias = rng.normal(model_means[k], 1.0, NUM_CLASSES)
+            feature_mean = rng.normal(feature_priors[k], 1.0, NUM_FEATURES)  # v_k
         n = int(sizes[k])
         x = feature_mean + feature_std * rng.standard_normal((n, NUM_FEATURES))
         # argmax of the softmax is the argmax of the logits (softmax is monotone).
@@ -158,4 +171,5 @@ def generate_synthetic(
         alpha=float(alpha),
         beta=float(beta),
         seed=seed,
+        iid=iid,
     )

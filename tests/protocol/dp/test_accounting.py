@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,3 +382,43 @@ def test_ddgauss_bound_dominates_the_exact_divergence(
         np.testing.assert_allclose(bound, exact, rtol=1e-9)
     if local_variance >= 1.0:
         np.testing.assert_allclose(bound, exact, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------
+# Spec §9 quotes the order grid and the published figures: keep them in step.
+# --------------------------------------------------------------------------
+
+
+def _spec_section_9() -> str:
+    root = Path(__file__).resolve().parents[3]
+    text = (root / "specs" / "dp-v1.md").read_text(encoding="utf-8")
+    start = text.index("<!-- §9 accounting: begin -->")
+    return text[start : text.index("<!-- §9 accounting: end -->")]
+
+
+def test_spec_quotes_the_order_grid() -> None:
+    match = re.search(r"^RDP_ORDERS = \((.*)\)", _spec_section_9(), re.MULTILINE)
+    assert match is not None
+    first, second, third, ellipsis, before_last, last = (
+        item.strip() for item in match.group(1).split(",")
+    )
+    assert ellipsis == "..."
+    step = float(second) - float(first)
+    assert float(third) - float(second) == step
+    quoted = (*np.arange(float(first), float(before_last) + step, step).tolist(), float(last))
+    assert quoted == RDP_ORDERS
+
+
+def test_spec_table_quotes_the_published_figures() -> None:
+    rows = [line for line in _spec_section_9().splitlines() if re.match(r"^\| [0-9] \|", line)]
+    assert len(rows) == 4
+    assert f"`z = {PUBLISHED_Z}`" in rows[0]
+    assert "`delta = 1e-6`" in rows[0]
+    assert PUBLISHED_DELTA == 1e-6
+    for row in rows[:3]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[3]) == PUBLISHED_EPS
+        assert rel_err(float(cells[4]), PUBLISHED_EPS) < 0.01
+    # The measured values in the table are the ones the code gives today.
+    ours = gaussian_epsilon(PUBLISHED_Z, 1, PUBLISHED_DELTA)
+    assert float(rows[0].strip("|").split("|")[4]) == pytest.approx(ours, abs=5e-9)

@@ -50,6 +50,11 @@ DEFAULT_MODCLIP_PROB: Final = 1e-4
 DEFAULT_BETA: Final = math.exp(-0.5)
 """Conditional-rounding parameter recommended by [KLS21] and TFF."""
 
+# DPParams requires gamma c + sqrt(d') < 2**31 so that rounding is exact in
+# 64-bit arithmetic (§6); like TFF's MAX_SCALE_FACTOR, a larger scale buys
+# nothing (the rounding error is already negligible), so the scale is capped.
+_SCALED_CLIP_LIMIT: Final = 2.0**31
+
 # Each fixed-point iteration between gamma and v lowers gamma; a handful suffice
 # in practice (the noise in real units moves by the rounding inflation only).
 _MAX_ROUNDS: Final = 64
@@ -108,6 +113,9 @@ def scale_for_bits(
 
         gamma = sqrt(2**(2b) - n k**2) / (2 k sqrt(c**2 n**2 / d' + n sigma**2))
 
+    capped at ``(2**31 - 1 - sqrt(d')) / c``, the largest scale :class:`DPParams`
+    accepts (exact rounding in 64 bits).
+
     Raises:
         ConfigError: ``2**(2b) <= n k**2``: the cohort's rounding noise alone
             overflows ``b`` bits at this ``modclip_prob``.
@@ -123,7 +131,9 @@ def scale_for_bits(
             "shrink the cohort or raise modclip_prob"
         )
     denominator = 2.0 * k * math.sqrt(l2_clip**2 * n * n / d_padded + n * real_stddev**2)
-    return math.sqrt(headroom) / denominator
+    # Capped so that gamma c + sqrt(d') < 2**31 (DPParams' exact-rounding bound).
+    cap = (_SCALED_CLIP_LIMIT - 1.0 - math.sqrt(d_padded)) / l2_clip
+    return min(math.sqrt(headroom) / denominator, cap)
 
 
 def modclip_probability(params: DPParams, num_clients: int) -> float:
@@ -198,8 +208,8 @@ def _smallest_variance(template: DPParams, participations: int, epsilon: float) 
     if not fits(MAX_LOCAL_VARIANCE):
         raise ConfigError(
             f"no local variance <= {MAX_LOCAL_VARIANCE} reaches epsilon {epsilon} over "
-            f"{participations} participations at scale {template.scale:.6g}; raise epsilon, "
-            "min_honest or bits, or lower participations"
+            f"{participations} participations at scale {template.scale:.6g}; raise epsilon "
+            "or min_honest, or lower participations or dim"
         )
     low, high = 0, MAX_LOCAL_VARIANCE  # not fits(low) (v = 0 is no noise), fits(high)
     while high - low > 1:
@@ -295,6 +305,11 @@ def calibrate(
             bits=b, l2_clip=c, dim=dim, num_clients=n,
             real_stddev=math.sqrt(real_variance), modclip_prob=modclip_prob,
         )  # fmt: skip
+        # Many bits and a small cohort ask for a scale whose integer noise
+        # (gamma sigma)**2 would pass MAX_LOCAL_VARIANCE: keep it at half of
+        # that (headroom for the rounding inflation); a smaller scale only
+        # lowers the modular-clipping probability.
+        scale = min(scale, math.sqrt(MAX_LOCAL_VARIANCE / 2 / real_variance))
         template = _params(mech, dim, c, scale, beta, 1, m, b, eps, delta)
         if z_target is not None:
             # sqrt(m v) / Delta_2 >= z  <=>  v >= z**2 Delta_2**2 / m.

@@ -165,8 +165,11 @@ def test_too_few_bits_for_the_cohort() -> None:
 
 
 def test_budget_out_of_reach() -> None:
+    # d' = 2**20: a rounded update has norm >= sqrt(d')/2 = 512 whatever the
+    # scale, and epsilon 1e-3 over 20 rounds from one honest share needs a
+    # noise multiplier in the thousands: v > z**2 512**2 > 2**40.
     with pytest.raises(ConfigError, match="no local variance"):
-        run(Mechanism.SKELLAM, bits=30, epsilon=1e-3)
+        run(Mechanism.SKELLAM, dim=1 << 20, min_honest=1, epsilon=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -212,3 +215,32 @@ def test_choose_bits() -> None:
     assert choose_bits(wide, 100) == 20
     with pytest.raises(ConfigError, match="no bit width"):
         choose_bits(params, 100, low=16, high=19)
+
+
+def test_scale_is_capped_for_exact_rounding() -> None:
+    # Few clients and many bits: TFF's formula asks for gamma c far above
+    # 2**31 and an integer noise above MAX_LOCAL_VARIANCE; the scale is capped
+    # below both, and the wider range only lowers the modular-clipping probability.
+    params = calibrate(
+        Mechanism.SKELLAM,
+        dim=10,
+        l2_clip=1.0,
+        epsilon=8.0,
+        delta=1e-5,
+        participations=1,
+        min_honest=2,
+        num_clients=2,
+        bits=40,
+    )
+    assert params.scale * params.l2_clip + math.sqrt(16) < 2.0**31
+    assert params.local_variance < 2**40
+    assert participation_epsilon(params, 1) <= 8.0
+    assert modclip_probability(params, 2) < DEFAULT_MODCLIP_PROB
+
+
+def test_scale_for_bits_respects_the_exact_rounding_bound() -> None:
+    # 62 bits, two clients, almost no noise: the formula gives ~2**57; the cap
+    # is the largest gamma with gamma c + sqrt(d') < 2**31 (d' = 16).
+    gamma = scale_for_bits(bits=62, l2_clip=0.5, dim=10, num_clients=2, real_stddev=1e-9)
+    assert gamma * 0.5 + 4 < 2.0**31
+    assert gamma * 0.5 + 4 >= 2.0**31 - 1

@@ -49,13 +49,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
 
 from benchmarks.leaf_synthetic import NUM_CLASSES, NUM_FEATURES, FederatedData, generate_synthetic
 from protocol.crypto import PRG_KEY_SIZE, DeterministicRandom, prg_fill
 from protocol.dp import DPEncoding, DPParams, Mechanism
+from protocol.dp.accounting import gaussian_noise_multiplier
+from protocol.dp.calibrate import calibrate
 from protocol.encoding import to_modular
 from protocol.errors import ParameterError
 from protocol.params import AdversaryClass, complete_graph_threshold, derive_parameters
@@ -205,37 +206,10 @@ def clip_rows(updates: FloatArray, l2_clip: float) -> FloatArray:
 # ---------------------------------------------------------------------------
 
 
-def gaussian_epsilon(noise_multiplier: float, participations: int, delta: float) -> float:
-    """Epsilon of ``participations`` Gaussian mechanisms (RDP, dp_accounting's default orders)."""
-    accountant = dp_accounting.rdp.RdpAccountant()
-    accountant.compose(
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.GaussianDpEvent(noise_multiplier), participations
-        )
-    )
-    return float(accountant.get_epsilon(delta))
-
-
-def gaussian_noise_multiplier(epsilon: float, delta: float, participations: int) -> float:
-    """The smallest ``z`` (to 1e-6 relative) meeting ``epsilon`` over ``participations`` rounds."""
-    low, high = 1e-3, 1.0
-    while gaussian_epsilon(high, participations, delta) > epsilon:
-        low, high = high, 2 * high
-    while high - low > 1e-6 * high:
-        mid = 0.5 * (low + high)
-        if gaussian_epsilon(mid, participations, delta) > epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
-
-
 def calibrate_params(
     mechanism: Mechanism, config: BenchConfig, epsilon: float, min_honest: int
 ) -> DPParams:
     """The round parameters of a distributed arm, from ``protocol.dp.calibrate``."""
-    from protocol.dp.calibrate import calibrate
-
     return calibrate(
         mechanism,
         dim=DIM,
@@ -537,11 +511,7 @@ def run_benchmark(config: BenchConfig, data: FederatedData | None = None) -> dic
     for name, mechanism, epsilons, min_honest in distributed_arms:
         results: dict[str, Any] = {}
         for epsilon in epsilons:
-            try:
-                params = calibrate_params(mechanism, config, epsilon, min_honest)
-            except ImportError as exc:
-                results[_eps_key(epsilon)] = {"skipped": f"calibration unavailable: {exc}"}
-                continue
+            params = calibrate_params(mechanism, config, epsilon, min_honest)
             aggregate = distributed_dp(params, graph, seed + f"/{name}/{epsilon:g}".encode())
             history, stats, seconds = train(data, config, aggregate)
             results[_eps_key(epsilon)] = arm_report(

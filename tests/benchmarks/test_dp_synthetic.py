@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import dp_synthetic
 from benchmarks.dp_synthetic import (
     DIM,
     BenchConfig,
     SecAggGraph,
+    csprng_gaussian,
     distributed_round,
     run_benchmark,
 )
@@ -29,6 +29,7 @@ TINY = BenchConfig(
     average_case=False,
     ddgauss_epsilon=8.0,
     max_samples=60,
+    bits=16,
 )
 
 
@@ -84,16 +85,7 @@ def test_the_data_set_is_synthetic_1_1_and_reproducible() -> None:
     assert set(np.unique(a.train_y)) <= set(range(10))
 
 
-def test_the_benchmark_prints_one_json_object_with_every_arm(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Tiny cohorts are outside what the calibration is meant for; fixed
-    # parameters keep this a test of the benchmark's plumbing.
-    monkeypatch.setattr(
-        dp_synthetic,
-        "calibrate_params",
-        lambda mechanism, config, epsilon, min_honest: tiny_params(mechanism),
-    )
+def test_the_benchmark_prints_one_json_object_with_every_arm() -> None:
     report = json.loads(json.dumps(run_benchmark(TINY)))
     config = report["config"]
     assert config["participations"] == 1
@@ -116,12 +108,24 @@ def test_the_benchmark_prints_one_json_object_with_every_arm(
         result = arms[name]["8"]
         assert 0.0 <= result["last5_accuracy"] <= 1.0
         assert result["exact_rounds"] == result["rounds_checked"] == TINY.rounds
-        assert result["bits"] == 20
-        assert result["bits_per_parameter"] == pytest.approx(20 * 1025 / 610, abs=1e-3)
-        assert result["masked_input_bytes"] == math.ceil(20 * 1025 / 8)
+        assert result["bits"] == 16
+        assert result["min_honest"] == 6  # 7 survivors, 1 colluder
+        assert result["bits_per_parameter"] == pytest.approx(16 * 1025 / 610, abs=1e-3)
+        assert result["masked_input_bytes"] == math.ceil(16 * 1025 / 8)
         assert result["bytes_sent_per_client_round"] > result["masked_input_bytes"]
     checks = report["acceptance"]["eps_8"]
     assert checks["every_sum_exact"] is True
     assert checks["bits_at_most_20"] is True
     assert isinstance(checks["within_3_points_of_plaintext"], bool)
     assert isinstance(report["acceptance"]["pass_at_some_eps_le_8"], bool)
+
+
+def test_the_central_baseline_noise_is_standard_normal_from_the_csprng() -> None:
+    n = 200_000
+    g = csprng_gaussian(bytes(range(16)), n)
+    assert np.array_equal(g, csprng_gaussian(bytes(range(16)), n))  # a function of the key
+    assert not np.array_equal(g, csprng_gaussian(bytes(16), n))
+    # Six standard errors: the mean's is 1/sqrt(n) = 0.0022, the variance's
+    # sqrt(2/n) = 0.0032; a variance off by 10% (a wrong scale) is 30 errors out.
+    assert abs(g.mean()) < 6 / math.sqrt(n)
+    assert abs(g.var() - 1.0) < 6 * math.sqrt(2 / n)

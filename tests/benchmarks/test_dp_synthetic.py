@@ -101,6 +101,7 @@ def test_the_benchmark_prints_one_json_object_with_every_arm() -> None:
     }
     for name in ("plaintext", "clipped"):
         assert 0.0 <= arms[name]["final_accuracy"] <= 1.0
+        assert 0.0 <= arms[name]["unseen_devices_accuracy"] <= 1.0
         assert arms[name]["bits_per_parameter"] == 32
     assert set(arms["central"]) == {"8"}
     assert arms["central"]["8"]["noise_multiplier"] > 0

@@ -5,7 +5,7 @@ Each sample is a pure, specified function of the AES-128-CTR keystream
 in any decision, and neither ``numpy.random`` nor ``random`` is used.
 
 Both mechanisms sample by *inversion* of a cumulative table computed with
-big-integer fixed-point arithmetic (§5.2-§5.4):
+big-integer fixed-point arithmetic (§5.1-§5.4):
 
 * Skellam (Agarwal, Kairouz, Liu 2021): ``Poisson(v/2) - Poisson(v/2)``,
   each Poisson of mean above :data:`MAX_POISSON_MEAN` split into ``s``
@@ -14,7 +14,7 @@ big-integer fixed-point arithmetic (§5.2-§5.4):
 * discrete Gaussian (Canonne, Kamath, Steinke 2020) ``N_Z(0, sigma^2 = v)``:
   the magnitude from a one-sided table, the sign from one keystream bit.
 
-A table inverts a 128-bit uniform ``U`` (one 16-byte keystream block) to the
+A table inverts a 128-bit uniform ``U`` (two consecutive keystream words) to the
 smallest index ``j`` with ``U < C_j``; its statistical distance to the exact
 law is proven below ``N * 2**-129 + 2**(1 - TAIL_BITS) + 2**-150`` per draw
 (§5.5), which :func:`noise_statistical_distance` returns for the accountant.
@@ -136,7 +136,7 @@ class InversionTable:
 def _table_from_weights(
     offset: int, total: int, weights: Iterator[int], size: int
 ) -> InversionTable:
-    """``C_j = floor(2**128 S_j / Z)`` from the weights in index order (§5.2)."""
+    """``C_j = floor(2**128 S_j / Z)`` from the weights in index order (§5.1)."""
     hi = array("Q")
     lo = array("Q")
     partial = 0

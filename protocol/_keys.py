@@ -26,6 +26,7 @@ LABEL_SHARE_ENCRYPTION = b"share-encryption"
 LABEL_PAIRWISE_MASK = b"pairwise-mask"
 LABEL_SELF_MASK = b"self-mask"
 LABEL_GRAPH = b"graph"
+LABEL_DP_ROTATION = b"dp-rotation"
 LABEL_ADVERTISE = b"advertise-keys"
 LABEL_CONSISTENCY = b"consistency"
 LABEL_SELF_MASK_COMMITMENT = b"self-mask-commitment"
@@ -36,6 +37,7 @@ LABELS = (
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
     LABEL_GRAPH,
+    LABEL_DP_ROTATION,
     LABEL_ADVERTISE,
     LABEL_CONSISTENCY,
     LABEL_SELF_MASK_COMMITMENT,
@@ -124,3 +126,14 @@ def advertise_payload(session_id: bytes, sender: int, cipher_pk: bytes, mask_pk:
 def consistency_payload(session_id: bytes, survivors_cbor: bytes) -> bytes:
     """What a client signs in round 3: the canonical CBOR array of survivor ids."""
     return PROTOCOL_LABEL + b"\x00" + LABEL_CONSISTENCY + b"\x00" + session_id + survivors_cbor
+
+
+def dp_rotation_key(session_id: bytes) -> bytes:
+    """PRG key of the signs of a DP round's random rotation (specs/dp-v1.md §4).
+
+    Public: every party derives it from the session id, so the server can
+    undo the rotation; it hides nothing and only spreads a vector's energy.
+    """
+    return derive_key(
+        session_id, purpose=LABEL_DP_ROTATION, session_id=session_id, length=PRG_KEY_SIZE
+    )

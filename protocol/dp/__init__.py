@@ -8,6 +8,7 @@ before masking; the sum of ``m`` honest shares carries enough noise for
 
 from __future__ import annotations
 
+from protocol.dp.encoding import DPEncoding
 from protocol.dp.params import (
     MAX_DIM,
     MAX_LOCAL_VARIANCE,
@@ -20,6 +21,7 @@ from protocol.dp.params import (
 __all__ = [
     "MAX_DIM",
     "MAX_LOCAL_VARIANCE",
+    "DPEncoding",
     "DPParams",
     "Mechanism",
     "conditional_rounding_bound",

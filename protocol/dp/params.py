@@ -13,7 +13,7 @@ import numbers
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from protocol.errors import ConfigError
 
@@ -152,6 +152,10 @@ class DPParams:
         _int("local_variance", self.local_variance, 1, MAX_LOCAL_VARIANCE)
         _int("min_honest", self.min_honest, 1, 1 << 32)
         _int("bits", self.bits, 2, 62)
+        if float(self.l2_clip) * float(self.scale) + math.sqrt(self.padded_dim) >= 2.0**31:
+            raise ConfigError(
+                "l2_clip * scale + sqrt(padded dim) must be below 2**31 (exact rounding in 64 bits)"
+            )
         if self.l2_sensitivity >= 2.0 ** (self.bits - 1):
             raise ConfigError(
                 f"one client's rounded update (L2 bound {self.l2_sensitivity:.4g}) does not fit "
@@ -211,4 +215,62 @@ class DPParams:
                 float(self.epsilon_budget),
                 float(self.delta),
             )
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The parameters as a JSON object (the ``dp`` field of a round assignment)."""
+        return {
+            "mechanism": self.mechanism.value,
+            "dim": self.dim,
+            "l2_clip": float(self.l2_clip),
+            "scale": float(self.scale),
+            "beta": float(self.beta),
+            "local_variance": self.local_variance,
+            "min_honest": self.min_honest,
+            "bits": self.bits,
+            "epsilon_budget": float(self.epsilon_budget),
+            "delta": float(self.delta),
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> DPParams:
+        """Parse :meth:`to_json` output strictly: exactly its fields, of its types.
+
+        Raises:
+            ConfigError: a missing, unknown or mistyped field, or an invalid value.
+        """
+        if not isinstance(value, dict):
+            raise ConfigError("DP parameters must be a JSON object")
+        fields = {
+            "mechanism": (str,),
+            "dim": (int,),
+            "l2_clip": (int, float),
+            "scale": (int, float),
+            "beta": (int, float),
+            "local_variance": (int,),
+            "min_honest": (int,),
+            "bits": (int,),
+            "epsilon_budget": (int, float),
+            "delta": (int, float),
+        }
+        if set(value) != set(fields):
+            missing, unknown = sorted(set(fields) - set(value)), sorted(set(value) - set(fields))
+            raise ConfigError(f"DP parameters: missing {missing}, unknown {unknown}")
+        for name, types in fields.items():
+            item = value[name]
+            if isinstance(item, bool) or not isinstance(item, types):
+                raise ConfigError(f"DP parameter {name} has the wrong type: {item!r}")
+        return cls(
+            mechanism=Mechanism(value["mechanism"])
+            if value["mechanism"] in {m.value for m in Mechanism}
+            else value["mechanism"],
+            dim=value["dim"],
+            l2_clip=float(value["l2_clip"]),
+            scale=float(value["scale"]),
+            beta=float(value["beta"]),
+            local_variance=value["local_variance"],
+            min_honest=value["min_honest"],
+            bits=value["bits"],
+            epsilon_budget=float(value["epsilon_budget"]),
+            delta=float(value["delta"]),
         )

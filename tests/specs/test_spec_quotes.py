@@ -433,6 +433,9 @@ def check_key_schedule(text: str) -> None:
                 graph_seed = kdf(sid, label.encode(), sid, ctx, length)
                 got = cfg.neighbour_graph.ring
                 want = spec_ring(cfg.participants, graph_seed)
+            elif label == "dp-rotation":
+                got = _keys.dp_rotation_key(sid)
+                want = kdf(sid, label.encode(), sid, ctx, length)
             else:
                 raise AssertionError(f"no code known for KDF label {label!r}")
             assert got == want, f"key schedule row {label!r} does not match the code"

@@ -228,7 +228,9 @@ def test_split_skellam_follows_the_layout_of_section_5_3(monkeypatch: pytest.Mon
     n = 100
     words = sha_words(b"dp-samplers-split", 28 * n)
     feed(monkeypatch, words)
-    assert sample_skellam(KEY, 100, n).tolist() == ref_skellam(words, Fraction(100), max_mean=8)
+    expected = ref_skellam(words, Fraction(100), max_mean=8)
+    assert sample_skellam(KEY, 100, n).tolist() == expected
+    assert sample_skellam(KEY, 100, 30, start=60).tolist() == expected[60:90]
 
 
 def _tie_uniforms(cumulative: list[int]) -> list[int]:

@@ -903,7 +903,11 @@ class TaskRunner:
         encoding = round_encoding(task)
         try:
             update = await asyncio.to_thread(
-                self._aggregate, task, encoding, result.aggregate, driver.config.bit_width,
+                self._aggregate,
+                task,
+                encoding,
+                result.aggregate,
+                driver.config.bit_width,
                 base_version,
             )
         except SQLAlchemyError as exc:

@@ -152,7 +152,7 @@ class BenchConfig:
 
 
 def _softmax(logits: FloatArray) -> FloatArray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted: FloatArray = logits - logits.max(axis=-1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=-1, keepdims=True)
     return shifted
@@ -216,7 +216,8 @@ def clip_rows(updates: FloatArray, l2_clip: float) -> FloatArray:
     """Each row scaled to L2 norm at most ``l2_clip`` (a new array)."""
     norms = np.linalg.norm(updates, axis=1)
     factors = np.minimum(1.0, l2_clip / np.maximum(norms, np.finfo(np.float64).tiny))
-    return updates * factors[:, None]
+    clipped: FloatArray = updates * factors[:, None]
+    return clipped
 
 
 # ---------------------------------------------------------------------------
@@ -384,7 +385,8 @@ def independent_sum(encoded: npt.NDArray[np.int64], bits: int) -> npt.NDArray[np
     """The centred lift of the encoded vectors summed mod ``2**bits``, without the protocol."""
     modulus = 1 << bits
     total = np.mod(encoded.sum(axis=0), modulus)  # int64 sum: |entries| < 2**bits, n < 2**20
-    return np.where(total >= modulus // 2, total - modulus, total).astype(np.int64)
+    lifted: npt.NDArray[np.int64] = np.where(total >= modulus // 2, total - modulus, total)
+    return lifted.astype(np.int64)
 
 
 def distributed_dp(params: DPParams, graph: SecAggGraph, seed: bytes) -> Aggregator:

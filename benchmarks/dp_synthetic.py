@@ -34,12 +34,13 @@ at random), so every participation spends the full per-round cost.
 What the figures say about the task: Synthetic(1, 1) draws every device's
 model ``(W_k, b_k)`` independently and its ten classes are exchangeable, so on
 a device it never saw no global model beats chance (``unseen_devices_accuracy``
-measures it on 200 fresh devices). The test accuracy FedAvg reaches on the
-training devices' held-out samples is memorisation of those devices, which
-user-level DP bounds by design; a DP model there stays near the class prior
-whatever the mechanism. The companion run on Synthetic-IID (one model for all
-devices, same generator, ``synthetic_iid`` in the JSON) shows the mechanism's
-cost where the task has population-level signal.
+measures it on 200 devices, generated with the others, that never train). The
+test accuracy FedAvg reaches on the training devices' held-out samples is
+memorisation of those devices, which user-level DP bounds by design; a DP
+model there stays near the class prior whatever the mechanism. The companion
+run on Synthetic-IID (one model for all devices, same generator,
+``synthetic_iid`` in the JSON) shows the mechanism's cost where the task has
+population-level signal.
 
 Run ``python -m benchmarks.dp_synthetic``. Environment knobs:
 ``SECAGG_DP_BENCH_ROUNDS`` (default 50, a multiple of ``devices / cohort``),
@@ -79,7 +80,6 @@ UNSEEN_DEVICES = 200
 IID_CLIENT_LR = 0.05
 IID_SERVER_LR = 3.0
 IID_L2_CLIP = 0.4
-UNSEEN_SEED_OFFSET = 1_000_003
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -482,30 +482,30 @@ def wire_figures(params: DPParams) -> dict[str, Any]:
     }
 
 
-def run_benchmark(config: BenchConfig, data: FederatedData | None = None) -> dict[str, Any]:
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Run every arm and return the report (one JSON object)."""
     started = time.perf_counter()
-    if data is None:
-        data = generate_synthetic(
-            config.alpha,
-            config.beta,
-            num_devices=config.num_devices,
-            seed=config.data_seed,
-            max_samples=config.max_samples,
-            iid=config.iid,
-        )
-    # Devices that never train: Synthetic(alpha, beta) draws every device's
+    # One generation of ``num_devices + UNSEEN_DEVICES`` devices: the first
+    # train, the last never do. Synthetic(alpha, beta) draws every device's
     # model independently and its classes are exchangeable, so on a new device
-    # no global model beats chance (1/10) by more than sampling error; the
+    # no global model beats chance (1/10) by more than sampling error, and the
     # accuracy on the training devices' test samples is memorisation of those
-    # devices, which user-level DP bounds by design.
-    unseen = generate_synthetic(
+    # devices, which user-level DP bounds by design. (Synthetic-IID devices
+    # share one model: there the unseen devices are like any other.)
+    everyone = generate_synthetic(
         config.alpha,
         config.beta,
-        num_devices=UNSEEN_DEVICES,
-        seed=config.data_seed + UNSEEN_SEED_OFFSET,
+        num_devices=config.num_devices + UNSEEN_DEVICES,
+        seed=config.data_seed,
         max_samples=config.max_samples,
-        iid=data.iid,
+        iid=config.iid,
+    )
+    data = everyone.devices(0, config.num_devices)
+    held_out = everyone.devices(config.num_devices, everyone.num_devices)
+    unseen = replace(
+        held_out,
+        train_x=np.concatenate([held_out.train_x, held_out.test_x]),
+        train_y=np.concatenate([held_out.train_y, held_out.test_y]),
     )
     graph = secagg_graph(config)
     seed = b"dp-synthetic/" + str(config.protocol_seed).encode()

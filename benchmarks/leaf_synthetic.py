@@ -30,7 +30,7 @@ reproducible. Nothing here touches the protocol's randomness.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,21 @@ class FederatedData:
     @property
     def num_devices(self) -> int:
         return len(self.train_offsets) - 1
+
+    def devices(self, start: int, stop: int) -> FederatedData:
+        """Devices ``start .. stop - 1`` as a data set of their own."""
+        if not 0 <= start < stop <= self.num_devices:
+            raise ValueError(f"bad device range [{start}, {stop}) of {self.num_devices}")
+        tr, te = self.train_offsets, self.test_offsets
+        return replace(
+            self,
+            train_x=self.train_x[tr[start] : tr[stop]],
+            train_y=self.train_y[tr[start] : tr[stop]],
+            train_offsets=tr[start : stop + 1] - tr[start],
+            test_x=self.test_x[te[start] : te[stop]],
+            test_y=self.test_y[te[start] : te[stop]],
+            test_offsets=te[start : stop + 1] - te[start],
+        )
 
     @property
     def train_sizes(self) -> npt.NDArray[np.int64]:

@@ -83,6 +83,9 @@ def test_the_data_set_is_synthetic_1_1_and_reproducible() -> None:
     assert sizes.min() >= 50 and sizes.max() <= 80  # 50 + lognormal, capped
     assert np.array_equal(a.train_sizes, np.floor(0.8 * sizes).astype(np.int64))
     assert set(np.unique(a.train_y)) <= set(range(10))
+    part = a.devices(5, 9)
+    assert np.array_equal(part.train_sizes, a.train_sizes[5:9])
+    assert np.array_equal(part.test_x, a.test_x[a.test_offsets[5] : a.test_offsets[9]])
 
 
 def test_the_benchmark_prints_one_json_object_with_every_arm() -> None:

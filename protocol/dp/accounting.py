@@ -279,6 +279,54 @@ def epsilon_from_rdp(
     return float(epsilon)
 
 
+SAMPLER_DISTANCE: Final = 2.0**-100
+"""Per-coordinate statistical distance of the samplers to the exact laws, at most (dp-v1 §5.5)."""
+
+
+def sampler_slack(rounds: Sequence[DPParams], epsilon_cap: float | None = None) -> float:
+    """What the samplers' inexactness adds to delta over ``rounds`` (dp-v1 §9.5).
+
+    A mechanism within statistical distance ``eta`` of an (epsilon, delta)-DP
+    one is (epsilon, delta + (1 + e^epsilon) eta)-DP. One round's sum holds
+    ``m d'`` sampled coordinates of honest noise, each within
+    :data:`SAMPLER_DISTANCE`; the factor uses ``epsilon_cap`` (the most the
+    caller lets epsilon reach), by default the largest ``epsilon_budget`` of
+    the rounds. ``inf`` when ``e^epsilon`` overflows.
+    """
+    if not rounds:
+        return 0.0
+    eta = math.fsum(p.min_honest * p.padded_dim * SAMPLER_DISTANCE for p in rounds)
+    cap = max(p.epsilon_budget for p in rounds) if epsilon_cap is None else epsilon_cap
+    return (1.0 + math.exp(cap)) * eta if cap < 700 else math.inf
+
+
+def composed_epsilon(
+    rounds: Sequence[DPParams], delta: float, epsilon_cap: float | None = None
+) -> float:
+    """Epsilon at ``delta`` of one client that took part in ``rounds`` (any parameters).
+
+    The rounds' RDP curves add up (composition); the samplers' slack
+    (:func:`sampler_slack`) is taken out of ``delta`` before the conversion.
+
+    Raises:
+        ConfigError: the slack would eat half of ``delta`` or more (a budget
+            so large that ``e^epsilon`` times the samplers' 2^-100 matters).
+    """
+    if not rounds:
+        return 0.0
+    delta = _delta(delta)
+    slack = sampler_slack(rounds, epsilon_cap)
+    if slack >= delta / 2:
+        raise ConfigError(
+            f"the samplers' statistical distance adds {slack:.3g} to delta {delta:g}: "
+            "the epsilon budget is too large to be meaningful"
+        )
+    total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    for p in rounds:
+        total += round_rdp(p)
+    return epsilon_from_rdp(total, delta - slack)
+
+
 def participation_epsilon(params: DPParams, participations: int) -> float:
     """Epsilon at ``params.delta`` spent by one client joining ``participations`` rounds.
 
@@ -291,7 +339,18 @@ def participation_epsilon(params: DPParams, participations: int) -> float:
     k = _count("participations", participations, low=0)
     if k == 0:
         return 0.0
-    return epsilon_from_rdp(k * round_rdp(params), params.delta)
+    return epsilon_from_rdp(k * round_rdp(params), _effective_delta(params, k))
+
+
+def _effective_delta(params: DPParams, participations: int) -> float:
+    # composed_epsilon over k equal rounds, without building the list.
+    slack = sampler_slack([params]) * participations
+    if slack >= params.delta / 2:
+        raise ConfigError(
+            f"the samplers' statistical distance adds {slack:.3g} to delta {params.delta:g}: "
+            "the epsilon budget is too large to be meaningful"
+        )
+    return params.delta - slack
 
 
 def max_participations(params: DPParams) -> int:
@@ -305,7 +364,10 @@ def max_participations(params: DPParams) -> int:
     per_round = round_rdp(params)
 
     def fits(k: int) -> bool:
-        return epsilon_from_rdp(k * per_round, params.delta) <= budget
+        try:
+            return epsilon_from_rdp(k * per_round, _effective_delta(params, k)) <= budget
+        except ConfigError:  # so many rounds that the samplers' slack eats delta
+            return False
 
     if not fits(1):
         return 0

@@ -204,7 +204,7 @@ def ddgauss_rdp(
         l2: ``Delta_2`` > 0, integer units.
         local_variance: ``v`` > 0, each share's ``sigma**2``.
         num_clients: ``n`` >= 1 noise shares in the sum.
-        dim: the vector's length (``d'``).
+        dim: the vector's length (``d``).
         orders: Rényi orders (> 1).
         l1: ``Delta_1`` > 0 or None.
 
@@ -238,7 +238,7 @@ def round_rdp(params: DPParams) -> NDArray[np.float64]:
     Uses the rounded sensitivities of ``params`` and the noise of
     ``m = params.min_honest`` shares of variance ``params.local_variance``:
     Skellam of total variance ``m v`` (:func:`skellam_rdp`), or the sum of
-    ``m`` discrete Gaussians in dimension ``d'`` (:func:`ddgauss_rdp`).
+    ``m`` discrete Gaussians in dimension ``d`` (:func:`ddgauss_rdp`).
     """
     if not isinstance(params, DPParams):
         raise ConfigError(f"params must be DPParams, got {type(params).__name__}")
@@ -246,9 +246,7 @@ def round_rdp(params: DPParams) -> NDArray[np.float64]:
     v = params.local_variance
     if params.mechanism is Mechanism.SKELLAM:
         return skellam_rdp(params.l1_sensitivity, params.l2_sensitivity, float(m * v))
-    return ddgauss_rdp(
-        params.l2_sensitivity, float(v), m, params.padded_dim, l1=params.l1_sensitivity
-    )
+    return ddgauss_rdp(params.l2_sensitivity, float(v), m, params.dim, l1=params.l1_sensitivity)
 
 
 def epsilon_from_rdp(
@@ -288,14 +286,14 @@ def sampler_slack(rounds: Sequence[DPParams], epsilon_cap: float | None = None) 
 
     A mechanism within statistical distance ``eta`` of an (epsilon, delta)-DP
     one is (epsilon, delta + (1 + e^epsilon) eta)-DP. One round's sum holds
-    ``m d'`` sampled coordinates of honest noise, each within
+    ``m d`` sampled coordinates of honest noise, each within
     :data:`SAMPLER_DISTANCE`; the factor uses ``epsilon_cap`` (the most the
     caller lets epsilon reach), by default the largest ``epsilon_budget`` of
     the rounds. ``inf`` when ``e^epsilon`` overflows.
     """
     if not rounds:
         return 0.0
-    eta = math.fsum(p.min_honest * p.padded_dim * SAMPLER_DISTANCE for p in rounds)
+    eta = math.fsum(p.min_honest * p.dim * SAMPLER_DISTANCE for p in rounds)
     cap = max(p.epsilon_budget for p in rounds) if epsilon_cap is None else epsilon_cap
     return (1.0 + math.exp(cap)) * eta if cap < 700 else math.inf
 

@@ -471,11 +471,11 @@ def _eps_key(epsilon: float) -> str:
 
 
 def wire_figures(params: DPParams) -> dict[str, Any]:
-    """Bits on the wire: ``b (d' + 1) / d`` per model weight, against float32."""
+    """Bits on the wire: ``b (d + 1) / d`` per model weight (the count slot), against float32."""
     masked_bytes = -(-params.bits * params.vector_length // 8)
     return {
         "bits": params.bits,
-        "padded_dim": params.padded_dim,
+        "vector_length": params.vector_length,
         "bits_per_parameter": round(params.bits * params.vector_length / params.dim, 3),
         "masked_input_bytes": masked_bytes,
         "float32_bytes": FLOAT32_BITS // 8 * params.dim,

@@ -114,8 +114,10 @@ def test_the_benchmark_prints_one_json_object_with_every_arm() -> None:
         assert result["exact_rounds"] == result["rounds_checked"] == TINY.rounds
         assert result["bits"] == 16
         assert result["min_honest"] == 6  # 7 survivors, 1 colluder
-        assert result["bits_per_parameter"] == pytest.approx(16 * 1025 / 610, abs=1e-3)
-        assert result["masked_input_bytes"] == math.ceil(16 * 1025 / 8)
+        # d = 610 weights and the count slot, 16 bits each
+        assert result["vector_length"] == 611
+        assert result["bits_per_parameter"] == pytest.approx(16 * 611 / 610, abs=1e-3)
+        assert result["masked_input_bytes"] == math.ceil(16 * 611 / 8)
         assert result["bytes_sent_per_client_round"] > result["masked_input_bytes"]
     checks = report["acceptance"]["eps_8"]
     assert checks["every_sum_exact"] is True

@@ -1,0 +1,308 @@
+"""Tests of protocol.dp.accounting: RDP curves, conversion, composition (specs/dp-v1.md §9).
+
+Published figures reproduced (the table of spec §9 lists the same rows):
+each test names its source and the published (epsilon, delta).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from protocol.dp.accounting import (
+    MAX_PARTICIPATIONS,
+    RDP_ORDERS,
+    ddgauss_rdp,
+    ddgauss_tau,
+    epsilon_from_rdp,
+    gaussian_epsilon,
+    gaussian_noise_multiplier,
+    max_participations,
+    participation_epsilon,
+    round_rdp,
+    skellam_rdp,
+)
+from protocol.dp.params import DPParams, Mechanism
+from protocol.errors import ConfigError
+
+ORDERS = np.asarray(RDP_ORDERS)
+
+# dp_accounting 0.6.0, dp_accounting/rdp/rdp_privacy_accountant_test.py,
+# test_compute_epsilon_delta_gaussian: "noise multiplier is chosen to obtain
+# exactly (1,1e-6)-DP" (the exact Gaussian privacy curve, Balle-Wang 2018).
+PUBLISHED_Z: float = 4.530877117
+PUBLISHED_DELTA: float = 1e-6
+PUBLISHED_EPS: float = 1.0
+
+
+def rel_err(ours: float, published: float) -> float:
+    return abs(ours - published) / published
+
+
+def make_params(mechanism: Mechanism, **changes: object) -> DPParams:
+    base = DPParams(
+        mechanism=mechanism,
+        dim=610,
+        l2_clip=1.0,
+        scale=2000.0,
+        beta=math.exp(-0.5),
+        local_variance=300_000,
+        min_honest=100,
+        bits=20,
+        epsilon_budget=8.0,
+        delta=1e-5,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def gaussian_rdp_closed_form(z: float) -> np.ndarray:
+    # Mironov 2017 (RDP), Proposition 7: the Gaussian mechanism of noise
+    # multiplier z has RDP alpha / (2 z**2) at every order.
+    return ORDERS / (2.0 * z * z)
+
+
+# --------------------------------------------------------------------------
+# Published figures (within 1%).
+# --------------------------------------------------------------------------
+
+
+def test_published_gaussian_figure_central_baseline() -> None:
+    # Row 1 of the §9 table: the central Gaussian baseline on our order grid.
+    ours = gaussian_epsilon(PUBLISHED_Z, 1, PUBLISHED_DELTA)
+    assert ours >= PUBLISHED_EPS * (1 - 1e-9)  # RDP can only be looser than the exact curve
+    assert rel_err(ours, PUBLISHED_EPS) < 0.01
+
+
+def test_published_gaussian_figure_via_single_discrete_gaussian() -> None:
+    # Row 2: one discrete Gaussian share (n = 1), where tau = 0 and KLS21
+    # Proposition 14 is the Gaussian RDP (Canonne-Kamath-Steinke 2020,
+    # Theorem 4: N_Z(0, sigma**2) is (Delta**2 / (2 sigma**2))-CDP).
+    l2 = 1000.0
+    rdp = ddgauss_rdp(l2, (PUBLISHED_Z * l2) ** 2, 1, 1024, l1=l2 * 32.0)
+    ours = epsilon_from_rdp(rdp, PUBLISHED_DELTA)
+    assert rel_err(ours, PUBLISHED_EPS) < 0.01
+
+
+def test_published_gaussian_figure_via_skellam_at_large_variance() -> None:
+    # Row 3: AKL21 (Skellam): as the variance grows, the Skellam RDP bound
+    # tends to the Gaussian's at the same variance; with Delta_2 = 1000 in
+    # d' = 1024 (Delta_1 = sqrt(d') Delta_2) the correction term is < 1e-4.
+    l2 = 1000.0
+    rdp = skellam_rdp(l2 * 32.0, l2, (PUBLISHED_Z * l2) ** 2)
+    ours = epsilon_from_rdp(rdp, PUBLISHED_DELTA)
+    assert rel_err(ours, PUBLISHED_EPS) < 0.01
+
+
+def test_published_conversion_pure_dp_figure() -> None:
+    # Row 4: dp_accounting 0.6.0 rdp_privacy_accountant_test.py,
+    # test_compute_epsilon_delta_pure_dp: RDP 1.1 at orders 2..32, delta 1e-5
+    # gives epsilon 1.32783806176 ("computed by hand").
+    orders = [float(a) for a in range(2, 33)]
+    ours = epsilon_from_rdp(np.full(len(orders), 1.1), 1e-5, orders=orders)
+    assert rel_err(ours, 1.32783806176) < 1e-9
+
+
+# --------------------------------------------------------------------------
+# The closed forms, checked by hand at single points.
+# --------------------------------------------------------------------------
+
+
+def test_skellam_rdp_by_hand() -> None:
+    # AKL21 bound at alpha = 2, Delta_1 = Delta_2 = 1:
+    # var = 1:  2/2 + min((3 + 6)/4, 3/2) = 1 + 1.5 = 2.5 (the 3 D1/(2 var) branch)
+    # var = 10: 2/20 + min(9/400, 3/20) = 0.1 + 0.0225 = 0.1225 (the other branch)
+    assert skellam_rdp(1.0, 1.0, 1.0, orders=[2.0])[0] == pytest.approx(2.5, rel=1e-15)
+    assert skellam_rdp(1.0, 1.0, 10.0, orders=[2.0])[0] == pytest.approx(0.1225, rel=1e-15)
+
+
+def test_ddgauss_tau_by_hand() -> None:
+    # KLS21 Theorem 1: tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 v k/(k+1)).
+    assert ddgauss_tau(1.0, 1) == 0.0
+    assert ddgauss_tau(1.0, 2) == pytest.approx(10 * math.exp(-(math.pi**2)), rel=1e-14)
+    v = 0.3
+    expected = 10 * sum(math.exp(-2 * math.pi**2 * v * k / (k + 1)) for k in range(1, 5))
+    assert ddgauss_tau(v, 5) == pytest.approx(expected, rel=1e-14)
+
+
+def test_ddgauss_tau_tail_bound_is_an_upper_bound() -> None:
+    # Beyond 2**16 terms the rest is bounded by the last exact term (the
+    # terms decrease in k), so tau is never under-estimated.
+    v, n = 0.05, (1 << 16) + 1000
+    k = np.arange(1, n, dtype=np.float64)
+    exact = 10 * float(np.sum(np.exp(-2 * math.pi**2 * v * k / (k + 1))))
+    assert ddgauss_tau(v, n) >= exact
+    assert ddgauss_tau(v, n) == pytest.approx(exact, rel=1e-6)
+
+
+def test_ddgauss_rdp_by_hand() -> None:
+    # KLS21 Proposition 14 at alpha = 3, n = 2, v = 0.2, d = 16, l2 = 4, l1 = 9.
+    alpha, n, v, d, l2, l1 = 3.0, 2, 0.2, 16, 4.0, 9.0
+    tau = 10 * math.exp(-2 * math.pi**2 * v / 2)
+    a, b = l2 / math.sqrt(n * v), l1 / math.sqrt(n * v)
+    expected = min(
+        alpha * a * a / 2 + tau * d,
+        alpha / 2 * (a * a + 2 * b * tau + tau * tau * d),
+        alpha / 2 * (a + math.sqrt(d) * tau) ** 2,
+    )
+    ours = ddgauss_rdp(l2, v, n, d, orders=[alpha], l1=l1)[0]
+    assert ours == pytest.approx(expected, rel=1e-14)
+    # Without l1 the middle term is dropped: never smaller.
+    assert ddgauss_rdp(l2, v, n, d, orders=[alpha])[0] >= ours
+
+
+def test_gaussian_epsilon_is_the_closed_form_composed() -> None:
+    # dp_accounting's Gaussian RDP on our grid equals Mironov's closed form,
+    # composed additively over k participations.
+    z, k, delta = 1.3, 7, 1e-5
+    expected = epsilon_from_rdp(k * gaussian_rdp_closed_form(z), delta)
+    assert gaussian_epsilon(z, k, delta) == pytest.approx(expected, rel=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Properties: monotonicity, composition, limits.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", list(Mechanism))
+def test_more_noise_means_less_epsilon(mechanism: Mechanism) -> None:
+    eps = [
+        participation_epsilon(make_params(mechanism, local_variance=v), 10)
+        for v in (50_000, 100_000, 200_000, 400_000, 800_000)
+    ]
+    assert all(a > b for a, b in itertools.pairwise(eps))
+
+
+@pytest.mark.parametrize("mechanism", list(Mechanism))
+def test_more_participations_means_more_epsilon(mechanism: Mechanism) -> None:
+    params = make_params(mechanism)
+    eps = [participation_epsilon(params, k) for k in (1, 2, 5, 10, 50, 200)]
+    assert all(a < b for a, b in itertools.pairwise(eps))
+    assert participation_epsilon(params, 0) == 0.0
+
+
+@pytest.mark.parametrize("mechanism", list(Mechanism))
+def test_composition_is_additive_in_rdp(mechanism: Mechanism) -> None:
+    params = make_params(mechanism)
+    one = round_rdp(params)
+    assert participation_epsilon(params, 3) == epsilon_from_rdp(one + one + one, params.delta)
+
+
+def test_skellam_uses_the_total_variance_of_the_honest_shares() -> None:
+    # Skellam is closed under sums: m shares of variance v are Sk(m v); the
+    # sensitivities do not depend on m or v, so only m * v matters.
+    a = make_params(Mechanism.SKELLAM, min_honest=50, local_variance=600_000)
+    b = make_params(Mechanism.SKELLAM, min_honest=100, local_variance=300_000)
+    np.testing.assert_array_equal(round_rdp(a), round_rdp(b))
+    np.testing.assert_array_equal(
+        round_rdp(a), skellam_rdp(a.l1_sensitivity, a.l2_sensitivity, 50 * 600_000)
+    )
+
+
+def test_fewer_honest_shares_cost_more() -> None:
+    for mechanism in Mechanism:
+        eps = [
+            participation_epsilon(make_params(mechanism, min_honest=m), 10) for m in (10, 50, 100)
+        ]
+        assert eps[0] > eps[1] > eps[2]
+
+
+@pytest.mark.parametrize("z", [0.7, 1.0, 3.0])
+def test_skellam_tends_to_the_gaussian_as_the_variance_grows(z: float) -> None:
+    # The same noise multiplier z = sqrt(var) / Delta_2 at growing Delta_2
+    # (that is, growing variance): the Skellam correction term decays like
+    # 1/var, so the gap to the Gaussian closes; within 2% from var = 1e6.
+    d_padded = 1024
+    gaps = []
+    for l2 in (3.0, 30.0, 1000.0, 10_000.0):
+        var = (z * l2) ** 2
+        skellam = epsilon_from_rdp(skellam_rdp(math.sqrt(d_padded) * l2, l2, var), 1e-5)
+        gaussian = gaussian_epsilon(z, 1, 1e-5)
+        assert skellam >= gaussian  # the Gaussian term is a lower bound
+        gaps.append(skellam / gaussian - 1)
+    assert all(a >= b for a, b in itertools.pairwise(gaps))
+    assert gaps[0] > 0.01  # at small variance (Delta_2 = 3) the discreteness costs visibly
+    assert gaps[-2] < 0.02
+    assert gaps[-1] < 0.001
+
+
+def test_ddgauss_tends_to_the_gaussian_when_shares_are_wide() -> None:
+    # With v >= 4 per share, tau < 10 n e^{-4 pi^2} ~ 1e-15 n: the sum of
+    # discrete Gaussians prices like a Gaussian of variance n v.
+    n, v, l2 = 100, 40_000.0, 1000.0
+    z = math.sqrt(n * v) / l2
+    ddg = epsilon_from_rdp(ddgauss_rdp(l2, v, n, 1024), 1e-5)
+    assert rel_err(ddg, gaussian_epsilon(z, 1, 1e-5)) < 1e-9
+
+
+def test_ddgauss_narrow_shares_pay_for_tau() -> None:
+    # Many narrow shares (v = 0.1): tau is large and the bound is far above
+    # the Gaussian of the same total variance (KLS21 §3: why v must not be tiny).
+    n, v, l2 = 1000, 0.1, 3.0
+    ddg = epsilon_from_rdp(ddgauss_rdp(l2, v, n, 1024), 1e-5)
+    assert ddg > 2 * gaussian_epsilon(math.sqrt(n * v) / l2, 1, 1e-5)
+
+
+@pytest.mark.parametrize("mechanism", list(Mechanism))
+def test_max_participations_is_the_last_that_fits(mechanism: Mechanism) -> None:
+    params = make_params(mechanism)
+    k = max_participations(params)
+    assert k >= 1
+    assert participation_epsilon(params, k) <= params.epsilon_budget
+    assert participation_epsilon(params, k + 1) > params.epsilon_budget
+
+
+def test_max_participations_zero_and_cap() -> None:
+    tight = make_params(Mechanism.SKELLAM, local_variance=1, epsilon_budget=0.01)
+    assert max_participations(tight) == 0
+    loose = make_params(
+        Mechanism.SKELLAM, local_variance=1 << 40, min_honest=1 << 20, epsilon_budget=1000.0
+    )
+    assert max_participations(loose) == MAX_PARTICIPATIONS
+
+
+@pytest.mark.parametrize(("epsilon", "participations"), [(1.0, 1), (8.0, 20), (0.5, 100)])
+def test_gaussian_noise_multiplier_is_the_smallest_that_fits(
+    epsilon: float, participations: int
+) -> None:
+    z = gaussian_noise_multiplier(epsilon, 1e-5, participations)
+    assert gaussian_epsilon(z, participations, 1e-5) <= epsilon
+    assert gaussian_epsilon(z * (1 - 1e-9), participations, 1e-5) > epsilon * (1 - 1e-6)
+    assert gaussian_epsilon(z * (1 - 1e-4), participations, 1e-5) > epsilon
+
+
+# --------------------------------------------------------------------------
+# Bad input: typed errors naming the argument.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: skellam_rdp(0.0, 1.0, 1.0), "l1"),
+        (lambda: skellam_rdp(1.0, float("nan"), 1.0), "l2"),
+        (lambda: skellam_rdp(1.0, 1.0, -1.0), "variance"),
+        (lambda: skellam_rdp(1.0, 1.0, 1.0, orders=[1.0]), "order"),
+        (lambda: ddgauss_rdp(1.0, 1.0, 0, 4), "num_clients"),
+        (lambda: ddgauss_rdp(1.0, 1.0, 2, 0), "dim"),
+        (lambda: epsilon_from_rdp(np.zeros(3), 1e-5), "shape"),
+        (lambda: epsilon_from_rdp(np.zeros(len(RDP_ORDERS)), 0.0), "delta"),
+        (lambda: epsilon_from_rdp(np.full(len(RDP_ORDERS), -1.0), 1e-5), ">= 0"),
+        (lambda: participation_epsilon(make_params(Mechanism.SKELLAM), -1), "participations"),
+        (lambda: gaussian_epsilon(0.0, 1, 1e-5), "noise_multiplier"),
+        (lambda: gaussian_epsilon(1.0, 0, 1e-5), "participations"),
+        (lambda: gaussian_noise_multiplier(-1.0, 1e-5, 1), "epsilon"),
+        (lambda: round_rdp("params"), "DPParams"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_input_raises_config_error(call: object, needle: str) -> None:
+    assert callable(call)
+    with pytest.raises(ConfigError, match=needle):
+        call()
+
+
+def test_infinite_rdp_gives_infinite_epsilon() -> None:
+    assert epsilon_from_rdp(np.full(len(RDP_ORDERS), np.inf), 1e-5) == math.inf

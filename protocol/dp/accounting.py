@@ -57,8 +57,8 @@ RDP_ORDERS: Final[tuple[float, ...]] = (*(float(a) for a in range(2, 129)), 256.
 """The Rényi orders of every RDP curve in the protocol: ``2, 3, ..., 128, 256``.
 
 Integers only, as in google-research ``federated/distributed_dp/accounting_utils.py``
-(``RDP_ORDERS = tuple(range(2, 129)) + (256,)``): the Skellam bound of [AKL21]
-is stated and implemented upstream for integer orders. Changing this tuple
+(``RDP_ORDERS = tuple(range(2, 129)) + (256,)``), which casts every order to
+an integer before evaluating the Skellam bound of [AKL21]. Changing this tuple
 changes every epsilon the protocol reports; it is quoted in spec §9.
 """
 
@@ -117,8 +117,8 @@ def skellam_rdp(
         eps(alpha) = alpha l2**2 / (2 var)
                      + min(((2 alpha - 1) l2**2 + 6 l1) / (4 var**2), 3 l1 / (2 var))
 
-    This is the bound of [AKL21] (Theorem 3.5 and its multi-dimensional
-    corollary) written with the variance ``var = 2 mu`` of ``Sk(mu, mu)``, as
+    This is the RDP bound of the multi-dimensional Skellam mechanism of
+    [AKL21] (§3) written with the variance ``var = 2 mu`` of ``Sk(mu, mu)``, as
     implemented by google-research ``federated/distributed_dp/accounting_utils.py``
     ``_skellam_rdp`` with the scale ``s = 1`` (our sensitivities are already in
     integer units). Its first term is the Gaussian mechanism's RDP at the same

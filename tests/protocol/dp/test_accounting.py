@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +308,117 @@ def test_bad_input_raises_config_error(call: object, needle: str) -> None:
 
 def test_infinite_rdp_gives_infinite_epsilon() -> None:
     assert epsilon_from_rdp(np.full(len(RDP_ORDERS), np.inf), 1e-5) == math.inf
+
+
+# --------------------------------------------------------------------------
+# The bounds against exact Rényi divergences, computed numerically from the
+# pmfs (an independent check of the closed forms: a bound below the exact
+# divergence would be a privacy bug; far above it, a transcription error).
+# --------------------------------------------------------------------------
+
+
+def _log_sum_exp(x: np.ndarray) -> float:
+    top = float(np.max(x))
+    return top + math.log(float(np.sum(np.exp(x - top))))
+
+
+def _renyi_of_shift(pmf: np.ndarray, shift: int, alpha: float) -> float:
+    # D_alpha(P(. - shift) || P) = log sum_k P(k - shift)**alpha P(k)**(1 - alpha) / (alpha - 1),
+    # over the k where both are positive (P has full support on its window).
+    p, q = pmf[:-shift], pmf[shift:]
+    keep = (p > 0) & (q > 0)
+    terms = alpha * np.log(p[keep]) + (1 - alpha) * np.log(q[keep])
+    return _log_sum_exp(terms) / (alpha - 1)
+
+
+def _poisson_pmf(mu: float, size: int) -> np.ndarray:
+    k = np.arange(size)
+    log_pmf = k * math.log(mu) - mu - np.array([math.lgamma(i + 1) for i in k])
+    return np.exp(log_pmf)
+
+
+def _skellam_pmf(variance: float, size: int) -> np.ndarray:
+    # Sk = Poisson(var/2) - Poisson(var/2): convolve one pmf with the other reversed.
+    poisson = _poisson_pmf(variance / 2, size)
+    return np.convolve(poisson, poisson[::-1])
+
+
+def _discrete_gaussian_pmf(variance: float, half_width: int) -> np.ndarray:
+    k = np.arange(-half_width, half_width + 1, dtype=np.float64)
+    weights = np.exp(-(k**2) / (2 * variance))
+    return weights / weights.sum()
+
+
+@pytest.mark.parametrize(("variance", "shift"), [(4.0, 1), (10.0, 1), (10.0, 3), (100.0, 2)])
+def test_skellam_bound_dominates_the_exact_divergence(variance: float, shift: int) -> None:
+    # One coordinate: Delta_1 = Delta_2 = shift. AKL21 call the bound sharp:
+    # at variance 100 it is within 5% of the exact value at every order.
+    pmf = _skellam_pmf(variance, 400)
+    orders = [2.0, 3.0, 5.0, 10.0, 20.0]
+    bound = skellam_rdp(float(shift), float(shift), variance, orders=orders)
+    exact = np.array([_renyi_of_shift(pmf, shift, a) for a in orders])
+    assert np.all(bound >= exact * (1 - 1e-9))
+    if variance >= 100:
+        assert np.all(bound <= exact * 1.05)
+
+
+@pytest.mark.parametrize("local_variance", [0.1, 0.3, 1.0])
+@pytest.mark.parametrize("num_clients", [1, 2, 3])
+def test_ddgauss_bound_dominates_the_exact_divergence(
+    local_variance: float, num_clients: int
+) -> None:
+    # The sum of n discrete Gaussians N_Z(0, v) (by convolution) shifted by 1:
+    # KLS21's bound with tau must dominate it. For n = 1 it is exact
+    # (tau = 0, and an integer shift of N_Z has the Gaussian divergence).
+    share = _discrete_gaussian_pmf(local_variance, 40)
+    total = share
+    for _ in range(num_clients - 1):
+        total = np.convolve(total, share)
+    orders = [2.0, 3.0, 5.0, 10.0]
+    bound = ddgauss_rdp(1.0, local_variance, num_clients, 1, orders=orders, l1=1.0)
+    exact = np.array([_renyi_of_shift(total, 1, a) for a in orders])
+    assert np.all(bound >= exact * (1 - 1e-9))
+    if num_clients == 1:
+        np.testing.assert_allclose(bound, exact, rtol=1e-9)
+    if local_variance >= 1.0:
+        np.testing.assert_allclose(bound, exact, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------
+# Spec §9 quotes the order grid and the published figures: keep them in step.
+# --------------------------------------------------------------------------
+
+
+def _spec_section_9() -> str:
+    root = Path(__file__).resolve().parents[3]
+    text = (root / "specs" / "dp-v1.md").read_text(encoding="utf-8")
+    start = text.index("<!-- §9 accounting: begin -->")
+    return text[start : text.index("<!-- §9 accounting: end -->")]
+
+
+def test_spec_quotes_the_order_grid() -> None:
+    match = re.search(r"^RDP_ORDERS = \((.*)\)", _spec_section_9(), re.MULTILINE)
+    assert match is not None
+    first, second, third, ellipsis, before_last, last = (
+        item.strip() for item in match.group(1).split(",")
+    )
+    assert ellipsis == "..."
+    step = float(second) - float(first)
+    assert float(third) - float(second) == step
+    quoted = (*np.arange(float(first), float(before_last) + step, step).tolist(), float(last))
+    assert quoted == RDP_ORDERS
+
+
+def test_spec_table_quotes_the_published_figures() -> None:
+    rows = [line for line in _spec_section_9().splitlines() if re.match(r"^\| [0-9] \|", line)]
+    assert len(rows) == 4
+    assert f"`z = {PUBLISHED_Z}`" in rows[0]
+    assert "`delta = 1e-6`" in rows[0]
+    assert PUBLISHED_DELTA == 1e-6
+    for row in rows[:3]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[3]) == PUBLISHED_EPS
+        assert rel_err(float(cells[4]), PUBLISHED_EPS) < 0.01
+    # The measured values in the table are the ones the code gives today.
+    ours = gaussian_epsilon(PUBLISHED_Z, 1, PUBLISHED_DELTA)
+    assert float(rows[0].strip("|").split("|")[4]) == pytest.approx(ours, abs=5e-9)

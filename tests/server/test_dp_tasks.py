@@ -28,15 +28,18 @@ from protocol.encoding import from_modular, session_context, to_modular
 from protocol.policy import SessionPolicy
 from secagg import db as dbm
 from secagg import metrics
+from secagg.admin_status import render_task, render_tasks
+from secagg.api.schemas import RoundInfo
 from secagg.app import create_app
 from secagg.dp_tasks import BUDGET_SPENT, DP_TOO_FEW_SURVIVORS, default_min_honest
 from secagg.orchestrator import Liveness, TaskRunner
 from secagg.registry import ModelRegistry
+from secagg.report import render_report
 from secagg.round_plan import plan_session, plan_training
 from secagg.services import tasks as task_service
 from secagg.settings import Settings
 from secagg.strategies import FedAvg
-from secagg.task_spec import DPSpec, TaskCreate
+from secagg.task_spec import DPSpec, TaskCreate, TaskView
 from secagg.update import next_model_dp
 
 ADMIN = {"authorization": "Bearer dp-admin"}
@@ -399,6 +402,34 @@ def test_a_budget_of_one_round_per_client_opens_no_second_round(tmp_path: Path) 
     text = metrics.render()[0].decode()
     assert f'secagg_dp_epsilon_spent{{task="{task_id}"}} {one!r}' in text
     assert f'secagg_dp_epsilon_budget{{task="{task_id}"}} 4.0' in text
+    # What `secagg status` and `secagg report` show of it.
+    with db.session() as s:
+        view = TaskView.of(_load(db, task_id))
+        rounds_detail = [
+            RoundInfo.of(r).model_dump() for r in s.query(dbm.Round).filter_by(task_id=task_id)
+        ]
+    detail = {**view.model_dump(), "rounds_detail": rounds_detail, "versions": []}
+    assert f"epsilon spent {one:.4g} of 4 " in render_task(detail)
+    assert f"#1 completed -> v2, {N} participants, epsilon spent {one:.4g}" in render_task(detail)
+    assert f"epsilon {one:.4g}/4 {BUDGET_SPENT}" in render_tasks([view])
+    page = render_report(detail, tmp_path / "report")[1].read_text()
+    assert f"epsilon_spent: {one}" in page and "epsilon_budget: 4.0" in page
+    # Resumed by an operator, the task ends again at once: no round opens.
+    with db.session() as s:
+        row = s.get(dbm.Task, task_id)
+        assert row is not None
+        row.status, row.failure_reason = dbm.TaskStatus.ACTIVE, None
+
+    async def resumed() -> bool:
+        runner = TaskRunner(db, registry, task_id, checkin_grace_s=0.05)
+        waiting = [asyncio.ensure_future(runner.checkin(u, 1.0)) for u in _updates()]
+        await asyncio.wait_for(runner.run(), 5.0)
+        return await asyncio.gather(*waiting) == [None] * N
+
+    assert asyncio.run(resumed())
+    with db.session() as s:
+        assert s.query(dbm.Round).filter_by(task_id=task_id).count() == 1
+        assert _load(db, task_id).status is dbm.TaskStatus.FAILED
     db.dispose()
 
 

@@ -421,7 +421,9 @@ class Task(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(500))
     # A distributed-DP task's parameters and budget (a table of its own, so a
     # database created before DP needs no migration: ``create_schema`` adds it).
-    dp: Mapped[TaskDP | None] = relationship(lazy="selectin", uselist=False)
+    dp: Mapped[TaskDP | None] = relationship(
+        lazy="selectin", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class TaskDP(Base):

@@ -52,6 +52,7 @@ import hashlib
 import http.client
 import io
 import logging
+import math
 import os
 import socket
 import ssl
@@ -68,6 +69,7 @@ import numpy.typing as npt
 from client_sdk.errors import AlreadyContributed as AlreadyContributed
 from client_sdk.errors import ClientError as ClientError
 from client_sdk.errors import PolicyViolation as PolicyViolation
+from client_sdk.errors import PrivacyBudgetSpent as PrivacyBudgetSpent
 from client_sdk.errors import RequestRefused as RequestRefused
 from client_sdk.errors import ServerUnreachable as ServerUnreachable
 from client_sdk.errors import Stopped as Stopped
@@ -89,9 +91,16 @@ from protocol.authority import (
     task_scope,
     verify_roster,
 )
+from protocol.dp import DPEncoding, DPParams
 from protocol.encoding import EvalSums, FixedPointEncoding, RoundEncoding, session_context
 from protocol.errors import ConfigError, DecodeError, SecAggError
-from protocol.policy import DEFAULT_MIN_PARTICIPANTS, PolicyError, SessionPolicy, check_session
+from protocol.policy import (
+    DEFAULT_MIN_PARTICIPANTS,
+    PolicyError,
+    SessionPolicy,
+    assumed_colluders,
+    check_session,
+)
 from secagg_http.signing import CBOR_MEDIA_TYPE, sign_request
 
 log = logging.getLogger("secagg.client")
@@ -102,6 +111,11 @@ EvalFn = Callable[[FlatModel], EvalSums]
 # client stop answering in that stage, as if it had crashed (fault injection).
 FaultFn = Callable[[int, Round], bool]
 
+
+DEFAULT_MAX_EPSILON = 10.0
+"""A client's default privacy budget per task (at ``delta <= DEFAULT_MAX_DELTA``)."""
+DEFAULT_MAX_DELTA = 1e-5
+DEFAULT_MIN_NOISE_MULTIPLIER = 0.5
 
 RESUBMISSION_WARNING = (
     "resubmission on the same base version allowed by explicit opt-in: two sums over "
@@ -130,6 +144,15 @@ class ClientPolicy:
         require_certified_identities: join active sessions only when the
             identity pins a task authority whose roster certifies every
             participant (``secagg client enrol --authority-key``).
+        max_epsilon: this client's own privacy budget per task (specs/dp-v1.md
+            §11): it refuses a DP round that would take its epsilon, computed
+            from its own ledger, above ``min(max_epsilon, the task's budget)``.
+        max_delta: the largest ``delta`` of a DP task it accepts.
+        min_noise_multiplier: the least noise it accepts in a DP round: the
+            noise std of the ``m`` guaranteed honest shares over the L2
+            sensitivity, ``sqrt(m v) / Delta_2``.
+        require_dp: refuse tasks without distributed DP (their sum carries
+            no noise: the aggregate itself may reveal a dominant client).
     """
 
     allow_semi_honest: bool = False
@@ -138,6 +161,24 @@ class ClientPolicy:
     min_assumed_colluders: int = 1
     allow_resubmission_on_same_base: bool = False
     require_certified_identities: bool = True
+    max_epsilon: float = DEFAULT_MAX_EPSILON
+    max_delta: float = DEFAULT_MAX_DELTA
+    min_noise_multiplier: float = DEFAULT_MIN_NOISE_MULTIPLIER
+    require_dp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_epsilon", "max_delta", "min_noise_multiplier"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not (math.isfinite(self.max_epsilon) and self.max_epsilon > 0):
+            raise ConfigError(f"max_epsilon must be finite and > 0, got {self.max_epsilon!r}")
+        if not 0 < self.max_delta < 1:
+            raise ConfigError(f"max_delta must be in (0, 1), got {self.max_delta!r}")
+        if not (math.isfinite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            raise ConfigError(
+                f"min_noise_multiplier must be finite and >= 0, got {self.min_noise_multiplier!r}"
+            )
 
     @property
     def session(self) -> SessionPolicy:
@@ -602,6 +643,11 @@ class Client:
                     )
                     self._transport.wait(delay)
                     continue
+                except PrivacyBudgetSpent as exc:
+                    # dp-v1 §11: the client's own ledger says no; nothing was
+                    # trained or sent, and it will not take part again.
+                    log.warning("client %d: privacy budget spent: %s", self.client_id, exc)
+                    break
                 except AlreadyContributed as exc:
                     # §4.7: refused before anything was downloaded, trained or sent.
                     # The server treats this client as gone from the round as soon
@@ -714,21 +760,33 @@ class Client:
         started = time.monotonic()
         number = int(a["round_number"])
         round_id = int(a["round_id"])
-        encoding = RoundEncoding(
-            FixedPointEncoding(
-                clip=float(a["encoding"]["clip"]),
-                scale=float(a["encoding"]["scale"]),
-                max_weight=int(a["encoding"]["max_weight"]),
-            ),
-            max_eval_examples=int(a["encoding"]["max_eval_examples"]),
-            max_example_loss=float(a["encoding"]["max_example_loss"]),
-            loss_scale=float(a["encoding"]["loss_scale"]),
-        )
+        dp = self._dp_params(a)
+        encoding: RoundEncoding | DPEncoding
+        if dp is not None:
+            encoding = DPEncoding(dp)
+        else:
+            if self.policy.require_dp:
+                raise PolicyViolation(
+                    "the task adds no differential-privacy noise, which this client's policy "
+                    "(require_dp) refuses"
+                )
+            encoding = RoundEncoding(
+                FixedPointEncoding(
+                    clip=float(a["encoding"]["clip"]),
+                    scale=float(a["encoding"]["scale"]),
+                    max_weight=int(a["encoding"]["max_weight"]),
+                ),
+                max_eval_examples=int(a["encoding"]["max_eval_examples"]),
+                max_example_loss=float(a["encoding"]["max_example_loss"]),
+                loss_scale=float(a["encoding"]["loss_scale"]),
+            )
         base_version = int(a["base_version"])
         model_length = int(a["model_length"])
         # Before training: what the assignment already lets this client check.
         self._check_assignment(a, model_length)
         self._check_ledger(base_version)
+        if dp is not None:
+            self._check_privacy(dp, model_length)
         log.info(
             "client %d: round %d (id %d) assigned on base version %d; training",
             self.client_id,
@@ -760,7 +818,7 @@ class Client:
         a: dict[str, Any],
         round_id: int,
         number: int,
-        encoding: RoundEncoding,
+        encoding: RoundEncoding | DPEncoding,
         base_version: int,
         beat: _Heartbeat,
         tally: _Tally,
@@ -772,8 +830,10 @@ class Client:
         metrics = self.eval_fn(self.model) if self.eval_fn else EvalSums(0, 0, 0.0)
         examples = int(self.train_fn(self.model))
         delta = self.model.get_weights().astype(np.float64) - base
-        weight = max(0, min(examples, encoding.update.max_weight))
-        vector = encoding.encode(delta, weight, metrics, self._rng)
+        vector: npt.NDArray[np.int64] | None = None
+        if isinstance(encoding, RoundEncoding):
+            weight = max(0, min(examples, encoding.update.max_weight))
+            vector = encoding.encode(delta, weight, metrics, self._rng)
         # Training done: join the session (keys are advertised after training).
         if self._request("POST", f"/v1/rounds/{round_id}/ready").status_code == 410:
             return tally.outcome("dropped", "too_late")
@@ -788,8 +848,14 @@ class Client:
                 f"version mismatch?): {exc}"
             ) from exc
         # Before R0: the session itself (policy, certification); nothing sent if refused.
-        self._check_policy(config, encoding, number, int(a["model_length"]))
+        policy = self._check_policy(config, encoding, number, int(a["model_length"]))
         roster, authority = self._check_roster(config, formed.get("roster"))
+        if isinstance(encoding, DPEncoding):
+            # dp-v1 §7: the rotation is bound to the session, so the update is
+            # noised only now; the noise never depends on anything the server
+            # chooses except the public parameters the client already checked.
+            vector = encoding.encode(delta, config.session_id, self._rng)
+        assert vector is not None
         session = ClientSession(
             config,
             self.client_id,
@@ -798,7 +864,7 @@ class Client:
             identity_key=self.identity.secret if config.mode is Mode.ACTIVE else None,
             roster=roster,
             authority=authority,
-            policy=self._session_policy,
+            policy=policy,
         )
         log.info(
             "client %d: round %d session of %d participants formed; R0",
@@ -841,6 +907,12 @@ class Client:
             if stage is Round.R2_MASKED_INPUT_COLLECTION:
                 # §4.7 differencing: recorded (durably) before the masked input leaves.
                 self.ledger.record(self._server_key, self.task_id, base_version)
+                if isinstance(encoding, DPEncoding):
+                    # dp-v1 §11: the privacy cost is booked before the noised
+                    # input leaves, whether or not the round completes.
+                    self.ledger.record_spend(
+                        self._server_key, self.task_id, round_id, encoding.params
+                    )
             if not self._post(round_id, reply):
                 return tally.outcome("dropped", "late")
             tally.sent += len(reply)
@@ -1042,8 +1114,13 @@ class Client:
             )
 
     def _check_policy(
-        self, config: SessionConfig, encoding: RoundEncoding, number: int, model_length: int
-    ) -> None:
+        self,
+        config: SessionConfig,
+        encoding: RoundEncoding | DPEncoding,
+        number: int,
+        model_length: int,
+    ) -> SessionPolicy:
+        """Check the formed session; return the protocol policy the session runs under."""
         if self.client_id not in config.participants:
             raise PolicyViolation(f"client {self.client_id} is not a participant of the session")
         try:
@@ -1054,12 +1131,75 @@ class Client:
             raise PolicyViolation(
                 f"task model has {model_length} weights, local model {self.model.num_weights}"
             )
-        if config.vector_length != encoding.vector_length(model_length):
+        expected = (
+            encoding.vector_length
+            if isinstance(encoding, DPEncoding)
+            else encoding.vector_length(model_length)
+        )
+        if config.vector_length != expected:
             raise PolicyViolation("session vector length does not match the model")
         if config.context != session_context(self.task_id, number, encoding.context()):
             raise PolicyViolation("session is bound to another task, round or encoding")
         if config.bit_width < encoding.required_bit_width(config.num_participants):
             raise PolicyViolation("session bit width would let the sum wrap")
+        if not isinstance(encoding, DPEncoding):
+            return self._session_policy
+        if config.bit_width != encoding.params.bits:
+            raise PolicyViolation("session bit width differs from the task's DP parameters")
+        # dp-v1 §8: the noise is calibrated for m honest shares. With c assumed
+        # colluders (whose noise the server may subtract), the client unmasks
+        # only a sum of at least m + c survivors: the protocol's survivor floor
+        # (check_survivors, before any share leaves in R4) is raised to it.
+        base = self._session_policy
+        floor = encoding.params.min_honest + assumed_colluders(config, base)
+        if config.num_participants < floor:
+            raise PolicyViolation(
+                f"a DP session needs at least m + c = {encoding.params.min_honest} + "
+                f"{floor - encoding.params.min_honest} participants, got {config.num_participants}"
+            )
+        return SessionPolicy(
+            allow_semi_honest=base.allow_semi_honest,
+            min_participants=max(base.min_participants, floor),
+            assumed_corrupt_rate=base.assumed_corrupt_rate,
+            min_assumed_colluders=base.min_assumed_colluders,
+            min_threshold=base.min_threshold,
+            security_bits=base.security_bits,
+            require_certified_identities=base.require_certified_identities,
+        )
+
+    def _dp_params(self, a: dict[str, Any]) -> DPParams | None:
+        raw = a.get("dp")
+        if raw is None:
+            return None
+        try:
+            return DPParams.from_json(raw)
+        except ConfigError as exc:
+            raise PolicyViolation(f"the task's DP parameters are invalid: {exc}") from exc
+
+    def _check_privacy(self, dp: DPParams, model_length: int) -> None:
+        """dp-v1 §11: what the client checks before training a DP round; nothing sent."""
+        if dp.dim != model_length:
+            raise PolicyViolation(f"DP parameters are for {dp.dim} weights, not {model_length}")
+        if dp.delta > self.policy.max_delta:
+            raise PolicyViolation(
+                f"the task's delta {dp.delta:g} exceeds this client's max_delta "
+                f"{self.policy.max_delta:g}"
+            )
+        if dp.noise_multiplier < self.policy.min_noise_multiplier:
+            raise PolicyViolation(
+                f"the round's noise multiplier {dp.noise_multiplier:.3g} is below this "
+                f"client's min_noise_multiplier {self.policy.min_noise_multiplier:.3g}"
+            )
+        limit = min(self.policy.max_epsilon, dp.epsilon_budget)
+        after = self.ledger.epsilon_spent(self._server_key, self.task_id, dp.delta, extra=dp)
+        if after > limit:
+            spent = self.ledger.epsilon_spent(self._server_key, self.task_id, dp.delta)
+            raise PrivacyBudgetSpent(
+                f"this round would take the client's epsilon for task {self.task_id} from "
+                f"{spent:.3f} to {after:.3f} (delta {dp.delta:g}), over its limit {limit:.3f} "
+                f"(min of its own max_epsilon {self.policy.max_epsilon:g} and the task's "
+                f"budget {dp.epsilon_budget:g})"
+            )
 
 
 def enrol(

@@ -89,5 +89,14 @@ class AlreadyContributed(PolicyViolation):
     """
 
 
+class PrivacyBudgetSpent(PolicyViolation):
+    """A DP round would take this client over its own privacy budget (specs/dp-v1.md §11).
+
+    Computed from the client's own ledger, not from anything the server says.
+    Nothing was downloaded, trained or sent; ``Client.run()`` stops taking part
+    in the task; ``participate()`` raises it.
+    """
+
+
 class Stopped(ClientError):
     """``stop()`` became true while the client was waiting (a retry or a paused task)."""

@@ -12,6 +12,13 @@ serial the client accepted, so that a restarted client still refuses an
 older roster (a server replaying one from before a key was replaced;
 ``specs/authority-v1.md``).
 
+And it is the client's own privacy ledger (``specs/dp-v1.md`` §11): for
+every DP round whose masked input it sent, the round's parameters as the
+client accepted them. The client prices each round itself from those
+parameters (Rényi DP, composed over its own rounds of the task) and
+refuses a round that would take it over its budget: the server's
+accounting is not trusted for the client's privacy.
+
 The ledger is recorded *before* the masked input is sent (a crash between
 the two costs a round, never a second contribution) and persisted
 atomically (write to a temporary file, fsync, rename) with mode 0600
@@ -24,6 +31,12 @@ import json
 import os
 import threading
 from pathlib import Path
+
+import numpy as np
+
+from protocol.dp import DPParams
+from protocol.dp.accounting import RDP_ORDERS, epsilon_from_rdp, round_rdp
+from protocol.errors import ConfigError
 
 __all__ = ["ContributionLedger", "LedgerError", "ledger_path_for"]
 
@@ -41,6 +54,8 @@ def ledger_path_for(identity_path: str | Path) -> Path:
 
 
 Entry = tuple[str, int, int]
+Spend = tuple[str, int, int, str]
+"""A DP round the client took part in: (server, task id, round id, canonical DPParams JSON)."""
 
 
 class ContributionLedger:
@@ -59,11 +74,12 @@ class ContributionLedger:
         self._lock = threading.Lock()
         self._entries: set[Entry] = set()
         self._roster_serials: dict[str, int] = {}
+        self._spends: set[Spend] = set()
         if self.path is not None and self.path.exists():
-            self._entries, self._roster_serials = self._load(self.path)
+            self._entries, self._roster_serials, self._spends = self._load(self.path)
 
     @staticmethod
-    def _load(path: Path) -> tuple[set[Entry], dict[str, int]]:
+    def _load(path: Path) -> tuple[set[Entry], dict[str, int], set[Spend]]:
         try:
             raw = json.loads(path.read_text())
             if raw.get("format") != _FORMAT:
@@ -78,8 +94,20 @@ class ContributionLedger:
                 isinstance(k, str) and type(v) is int and v >= 0 for k, v in serials.items()
             ):
                 raise ValueError("bad roster_serials")
-            return entries, dict(serials)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            spends: set[Spend] = set()
+            for item in raw.get("privacy", []):  # absent in older ledgers
+                server, task, round_id, params = item
+                if not (
+                    isinstance(server, str)
+                    and type(task) is int
+                    and type(round_id) is int
+                    and isinstance(params, str)
+                ):
+                    raise ValueError(f"bad privacy entry {item!r}")
+                DPParams.from_json(json.loads(params))  # refuse what cannot be priced
+                spends.add((server, task, round_id, params))
+            return entries, dict(serials), spends
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
             raise LedgerError(f"{path} is not a secagg contribution ledger: {exc}") from exc
 
     @staticmethod
@@ -117,6 +145,36 @@ class ContributionLedger:
             if self.path is not None:
                 self._save(self.path)
 
+    def record_spend(self, server: str, task_id: int, round_id: int, params: DPParams) -> None:
+        """Add a DP round this client is about to send a masked input for; persisted first."""
+        canonical = json.dumps(params.to_json(), sort_keys=True, separators=(",", ":"))
+        with self._lock:
+            self._spends.add((server.rstrip("/"), int(task_id), int(round_id), canonical))
+            if self.path is not None:
+                self._save(self.path)
+
+    def spends(self, server: str, task_id: int) -> list[DPParams]:
+        """The parameters of every DP round of this (server, task) the client took part in."""
+        key = (server.rstrip("/"), int(task_id))
+        with self._lock:
+            chosen = sorted(s for s in self._spends if (s[0], s[1]) == key)
+        return [DPParams.from_json(json.loads(s[3])) for s in chosen]
+
+    def epsilon_spent(
+        self, server: str, task_id: int, delta: float, extra: DPParams | None = None
+    ) -> float:
+        """The client's own epsilon at ``delta`` over its DP rounds of the task (+ ``extra``).
+
+        Each round's Rényi-DP curve is computed from the parameters the client
+        accepted (``protocol.dp.accounting.round_rdp``); curves add up under
+        composition; the sum is converted to (epsilon, delta). 0.0 if none.
+        """
+        rounds = self.spends(server, task_id) + ([extra] if extra is not None else [])
+        if not rounds:
+            return 0.0
+        total = sum((round_rdp(p) for p in rounds), start=np.zeros(len(RDP_ORDERS)))
+        return epsilon_from_rdp(total, delta)
+
     def entries(self) -> frozenset[Entry]:
         with self._lock:
             return frozenset(self._entries)
@@ -129,6 +187,7 @@ class ContributionLedger:
                 "format": _FORMAT,
                 "entries": sorted(list(e) for e in self._entries),
                 "roster_serials": dict(sorted(self._roster_serials.items())),
+                "privacy": sorted(list(e) for e in self._spends),
             },
             indent=1,
         ).encode()

@@ -126,6 +126,7 @@ def simulate(
     seed: bytes | None = None,
     identity_keys: Mapping[int, bytes] | None = None,
     record: bool = False,
+    policy: SessionPolicy | None = None,
 ) -> SimulationResult:
     """Run one session in memory.
 
@@ -138,6 +139,8 @@ def simulate(
         identity_keys: active mode: Ed25519 secrets by client; default:
             :func:`identity_secret`, matching :func:`make_config`.
         record: keep every message in ``transcript``.
+        policy: every client's policy; by default ``SessionPolicy.protocol_only()``
+            (the reference harness runs any configuration).
 
     Returns:
         The result; ``aggregate`` equals the sum of the survivors' inputs mod 2^b.
@@ -179,7 +182,7 @@ def simulate(
             by_id[u],
             rng=rng_for(u),
             identity_key=ident,
-            policy=SessionPolicy.protocol_only(),  # the reference harness runs any config
+            policy=policy or SessionPolicy.protocol_only(),
         )
         client_s[u] += time.perf_counter() - t0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from client_sdk.client import Client, TaskFinished, enrol
+from client_sdk.models import FunctionModel
 from protocol import ClientSession, Round, RoundAborted
 from protocol.crypto import DeterministicRandom
 from protocol.dp import DPEncoding, DPParams
@@ -41,6 +44,13 @@ from secagg.settings import Settings
 from secagg.strategies import FedAvg
 from secagg.task_spec import DPSpec, TaskCreate, TaskView
 from secagg.update import next_model_dp
+from tests.server.helpers import (
+    admin,
+    new_token,
+    running_server,
+    uncertified_policy,
+    wait_rounds_finished,
+)
 
 ADMIN = {"authorization": "Bearer dp-admin"}
 DIM = 6
@@ -526,3 +536,73 @@ def test_too_few_masked_inputs_abort_before_unmasking(tmp_path: Path, db_url: st
         assert task is not None and task.dp is not None and task.dp.epsilon_spent == 0.0
     assert registry.get(task_id).version == 1
     db.dispose()
+
+
+# -- over HTTP, with the SDK's DP clients ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sdk_clients_spend_the_budget_over_http_and_the_task_ends(tmp_path: Path) -> None:
+    """Five SDK clients, a budget of two participations each: two rounds complete, the
+    server then fails the task (privacy_budget_spent) and answers check-ins 410."""
+    n, length = 5, 16
+    with running_server(tmp_path) as url:
+        spec = {
+            "name": "dp-http",
+            "vector_length": length,
+            "rounds": 5,
+            "clients_per_round": n,
+            "min_clients": n,
+            "graph": "complete",
+            "dropout_rate": 0.0,
+            "dp": {"epsilon": 8.0, "l2_clip": 1.0, "participations": 2},
+        }
+        with admin(url) as c:
+            r = c.post("/v1/admin/tasks", json=spec)
+            assert r.status_code == 200, r.text
+            task_id = int(r.json()["id"])
+            params = DPParams.from_json(r.json()["dp"]["params"])
+        assert max_participations(params) == 2
+        clients = []
+        for i in range(n):
+            ident = enrol(url, new_token(url), name=f"c{i}")
+            w = {"w": np.zeros(length, np.float32)}
+            model = FunctionModel(
+                lambda w=w: w["w"].copy(),
+                lambda v, w=w: w.__setitem__("w", np.asarray(v, np.float32)),
+            )
+
+            def train(m: object, w: dict[str, np.ndarray] = w, i: int = i) -> int:
+                w["w"] = w["w"] + np.float32(0.01 * (i + 1))
+                return 1
+
+            clients.append(
+                Client(url, ident, model, train, task_id=task_id, policy=uncertified_policy())
+            )
+        outcomes: dict[int, list[str]] = {}
+        threads = [
+            threading.Thread(
+                target=lambda c=c, i=i: outcomes.__setitem__(i, [o.state for o in c.run()])
+            )
+            for i, c in enumerate(clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert outcomes == {i: ["completed", "completed"] for i in range(n)}
+        detail = wait_rounds_finished(url, task_id, 2)
+        assert detail["status"] == "failed"
+        assert detail["failure_reason"].startswith(BUDGET_SPENT)
+        spent = [participation_epsilon(params, k) for k in (1, 2)]
+        assert [r["metrics"]["epsilon_spent"] for r in detail["rounds_detail"]] == spent
+        assert [v["metrics"].get("train", {}).get("epsilon_spent") for v in detail["versions"]] == [
+            None,
+            *spent,
+        ]
+        assert detail["epsilon_spent"] == spent[1] <= 8.0
+        with pytest.raises(TaskFinished):
+            clients[0].participate()
+        with admin(url) as c:
+            text = c.get("/metrics").text
+        assert f'secagg_dp_epsilon_spent{{task="{task_id}"}} {spent[1]!r}' in text

@@ -45,7 +45,8 @@ ROUNDS = Counter(
 ABORTED = Counter(
     "secagg_rounds_aborted_total",
     "Aborted rounds by reason (protocol abort reasons and the service's: store_failed, "
-    "aggregation_failed, server_shutdown, task_cancelled, too_few_trained, undecodable, ...)",
+    "aggregation_failed, server_shutdown, task_cancelled, too_few_trained, "
+    "dp_too_few_survivors, ...)",
     [TASK, "reason"],
     registry=REGISTRY,
 )

@@ -28,6 +28,7 @@ from protocol.crypto import DeterministicRandom
 from protocol.dp import DPEncoding, DPParams
 from protocol.dp.accounting import max_participations, participation_epsilon
 from protocol.encoding import from_modular, session_context, to_modular
+from protocol.errors import ConfigError
 from protocol.policy import SessionPolicy
 from secagg import db as dbm
 from secagg import metrics
@@ -273,6 +274,17 @@ def test_next_model_dp_is_the_strategy_applied_to_the_decoded_mean() -> None:
     # while an unclipped or unscaled decoding would be off by 0.1 or more.
     clipped = [u * min(1.0, 1.0 / float(np.linalg.norm(u))) for u in updates]
     assert np.max(np.abs(mean - np.mean(clipped, axis=0))) < 0.05
+    # An empty or wrapped sum (count slot 0), a model of another length, a vector
+    # of another length: refused by name, nothing decoded.
+    fedavg = FedAvg()
+    with pytest.raises(ConfigError, match="count slot"):
+        next_model_dp(
+            DPEncoding(params), np.zeros(9, np.uint32), 24, session_id, base, fedavg, None
+        )
+    with pytest.raises(ConfigError, match="weights"):
+        next_model_dp(DPEncoding(params), words, 24, session_id, base[:4], fedavg, None)
+    with pytest.raises(ConfigError, match="words"):
+        next_model_dp(DPEncoding(params), words[:8], 24, session_id, base, fedavg, None)
 
 
 # -- rounds in process ---------------------------------------------------------------------

@@ -30,6 +30,13 @@ operator lifts it. Only completed rounds count towards the task's
 ``rounds``; ``max_aborted_rounds`` aborts in a row fail the task; a failed
 aggregation (strategy error, non-finite weights, undecodable sum) pauses it.
 All database work runs in worker threads (:mod:`secagg.round_store`).
+
+A distributed-DP task (service-v1.md §11, :mod:`secagg.dp_tasks`) runs the
+same loop with three additions: clients whose privacy budget is spent are
+never selected (and the task fails ``privacy_budget_spent`` once too few
+enrolled clients have budget left); a session with fewer than ``m + c``
+ready clients or masked inputs aborts ``dp_too_few_survivors`` before any
+unmasking request; a released sum is charged to its survivors.
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ def _vectors(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from protocol.authority_vectors import check_authority_vectors, write_authority_vectors
+    from protocol.dp_vectors import check_dp_vectors, write_dp_vectors
     from protocol.testvectors import check_vector, dumps_vector, generate_all
 
     directory = Path(args.dir)
@@ -113,6 +114,7 @@ def _vectors(args: argparse.Namespace) -> int:
             (directory / name).write_bytes(data)
         print(f"wrote {len(generated)} vectors to {directory}")
         print(f"wrote {write_authority_vectors(directory)} vectors to {directory}/authority")
+        print(f"wrote {write_dp_vectors(directory)} vectors to {directory}/dp")
         for path in sorted(directory.glob("*.json")):
             if path.name not in generated:
                 print(f"warning: {path} is not a generated vector", file=sys.stderr)
@@ -140,6 +142,7 @@ def _vectors(args: argparse.Namespace) -> int:
         except Exception as exc:  # report every file, whatever is wrong with it
             problems.append(f"replay failed: {name}: {exc}")
     problems += check_authority_vectors(directory, replay_only=args.replay_only)
+    problems += check_dp_vectors(directory, replay_only=args.replay_only)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(

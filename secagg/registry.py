@@ -262,9 +262,7 @@ class EncodedModel:
         return b"".join((self.header, self.raw))
 
     @classmethod
-    def build(
-        cls, task_id: int, version: int, raw: bytes | bytearray | memoryview
-    ) -> EncodedModel:
+    def build(cls, task_id: int, version: int, raw: bytes | bytearray | memoryview) -> EncodedModel:
         """Encode stored bytes (their length must be a multiple of 4) as an ``.npy`` file."""
         header = npy_header(len(raw) // WEIGHTS_DTYPE.itemsize)
         body = hashlib.sha256(header)

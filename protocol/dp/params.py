@@ -29,8 +29,8 @@ __all__ = [
 MAX_DIM: Final = 1 << 26
 """Largest model (number of weights) a DP round supports; padded to ``2**26``."""
 
-MAX_LOCAL_VARIANCE: Final = 1 << 40
-"""Largest per-client noise variance, in integer units squared."""
+MAX_LOCAL_VARIANCE: Final = 1 << 36
+"""Largest per-client noise variance, in integer units squared (the samplers' range, dp-v1 §5)."""
 
 
 class Mechanism(StrEnum):

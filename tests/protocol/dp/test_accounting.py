@@ -28,7 +28,7 @@ from protocol.dp.accounting import (
     round_rdp,
     skellam_rdp,
 )
-from protocol.dp.params import DPParams, Mechanism
+from protocol.dp.params import MAX_LOCAL_VARIANCE, DPParams, Mechanism
 from protocol.errors import ConfigError
 
 ORDERS = np.asarray(RDP_ORDERS)
@@ -261,7 +261,10 @@ def test_max_participations_zero_and_cap() -> None:
     tight = make_params(Mechanism.SKELLAM, local_variance=1, epsilon_budget=0.01)
     assert max_participations(tight) == 0
     loose = make_params(
-        Mechanism.SKELLAM, local_variance=1 << 40, min_honest=1 << 20, epsilon_budget=1000.0
+        Mechanism.SKELLAM,
+        local_variance=MAX_LOCAL_VARIANCE,
+        min_honest=1 << 24,
+        epsilon_budget=1000.0,
     )
     assert max_participations(loose) == MAX_PARTICIPATIONS
 

@@ -18,6 +18,7 @@ import pytest
 from protocol.dp.accounting import (
     MAX_PARTICIPATIONS,
     RDP_ORDERS,
+    composed_epsilon,
     ddgauss_rdp,
     ddgauss_tau,
     epsilon_from_rdp,
@@ -26,6 +27,7 @@ from protocol.dp.accounting import (
     max_participations,
     participation_epsilon,
     round_rdp,
+    sampler_slack,
     skellam_rdp,
 )
 from protocol.dp.params import (
@@ -393,10 +395,23 @@ def test_max_participations_zero_and_cap() -> None:
     loose = make_params(
         Mechanism.SKELLAM,
         local_variance=MAX_LOCAL_VARIANCE,
-        min_honest=1 << 24,
-        epsilon_budget=1000.0,
+        min_honest=1 << 16,
+        epsilon_budget=30.0,
     )
-    assert max_participations(loose) == MAX_PARTICIPATIONS
+    # Nearly free rounds: what stops them is the samplers' slack, which grows
+    # with every round until it would eat half of delta (dp-v1 §9.5).
+    k = max_participations(loose)
+    assert 0 < k < MAX_PARTICIPATIONS
+    assert participation_epsilon(loose, k) <= loose.epsilon_budget
+    assert sampler_slack([loose]) * k < loose.delta / 2 <= sampler_slack([loose]) * (k + 1)
+    with pytest.raises(ConfigError, match="too large to be meaningful"):
+        participation_epsilon(loose, k + 1)
+    huge = make_params(Mechanism.SKELLAM, epsilon_budget=1e6)
+    with pytest.raises(ConfigError, match="too large to be meaningful"):
+        composed_epsilon([huge], huge.delta)
+    assert composed_epsilon([huge], huge.delta, epsilon_cap=8.0) == pytest.approx(
+        participation_epsilon(make_params(Mechanism.SKELLAM, epsilon_budget=8.0), 1), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize(("epsilon", "participations"), [(1.0, 1), (8.0, 20), (0.5, 100)])

@@ -1191,9 +1191,13 @@ class Client:
                 f"client's min_noise_multiplier {self.policy.min_noise_multiplier:.3g}"
             )
         limit = min(self.policy.max_epsilon, dp.epsilon_budget)
-        after = self.ledger.epsilon_spent(self._server_key, self.task_id, dp.delta, extra=dp)
+        key, task = self._server_key, self.task_id
+        try:
+            after = self.ledger.epsilon_spent(key, task, dp.delta, extra=dp, epsilon_cap=limit)
+        except ConfigError as exc:
+            raise PolicyViolation(f"this client cannot price the round: {exc}") from exc
         if after > limit:
-            spent = self.ledger.epsilon_spent(self._server_key, self.task_id, dp.delta)
+            spent = self.ledger.epsilon_spent(key, task, dp.delta, epsilon_cap=limit)
             raise PrivacyBudgetSpent(
                 f"this round would take the client's epsilon for task {self.task_id} from "
                 f"{spent:.3f} to {after:.3f} (delta {dp.delta:g}), over its limit {limit:.3f} "

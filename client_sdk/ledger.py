@@ -32,10 +32,8 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from protocol.dp import DPParams
-from protocol.dp.accounting import RDP_ORDERS, epsilon_from_rdp, round_rdp
+from protocol.dp.accounting import composed_epsilon
 from protocol.errors import ConfigError
 
 __all__ = ["ContributionLedger", "LedgerError", "ledger_path_for"]
@@ -161,19 +159,21 @@ class ContributionLedger:
         return [DPParams.from_json(json.loads(s[3])) for s in chosen]
 
     def epsilon_spent(
-        self, server: str, task_id: int, delta: float, extra: DPParams | None = None
+        self,
+        server: str,
+        task_id: int,
+        delta: float,
+        extra: DPParams | None = None,
+        epsilon_cap: float | None = None,
     ) -> float:
         """The client's own epsilon at ``delta`` over its DP rounds of the task (+ ``extra``).
 
         Each round's Rényi-DP curve is computed from the parameters the client
-        accepted (``protocol.dp.accounting.round_rdp``); curves add up under
-        composition; the sum is converted to (epsilon, delta). 0.0 if none.
+        accepted; curves add up under composition; the sum is converted to
+        (epsilon, delta) (``protocol.dp.accounting.composed_epsilon``). 0.0 if none.
         """
         rounds = self.spends(server, task_id) + ([extra] if extra is not None else [])
-        if not rounds:
-            return 0.0
-        total = sum((round_rdp(p) for p in rounds), start=np.zeros(len(RDP_ORDERS)))
-        return epsilon_from_rdp(total, delta)
+        return composed_epsilon(rounds, delta, epsilon_cap)
 
     def entries(self) -> frozenset[Entry]:
         with self._lock:

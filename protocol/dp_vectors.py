@@ -91,10 +91,10 @@ def _client_case(
     rng = DeterministicRandom(seed)
     round_key = rng.random_bytes(32)[:PRG_KEY_SIZE]
     noise_key = rng.random_bytes(32)[:PRG_KEY_SIZE]
-    y = rotate(enc.clip(x), rotation_signs(sid, params.padded_dim))
+    y = rotate(enc.clip(x), rotation_signs(sid, params.dim))
     np.multiply(y, float(params.scale), out=y)
     rounded, attempts = conditional_round(y, round_key, params.l2_sensitivity)
-    noise = sample_noise(params.mechanism, noise_key, params.local_variance, params.padded_dim)
+    noise = sample_noise(params.mechanism, noise_key, params.local_variance, params.dim)
     if (rounded + noise).tolist() != encoded[:-1].tolist():
         raise AssertionError(f"{name}: the pipeline's steps disagree with DPEncoding.encode")
     return {
@@ -122,14 +122,14 @@ def _encoding() -> Vector:
             )
         lifted = from_modular(total.astype(np.uint64), params.bits)
         mean, count = DPEncoding(params).decode(lifted, sid)
-        signs = rotation_signs(sid, params.padded_dim)
+        signs = rotation_signs(sid, params.dim)
         cases.append(
             {
                 "name": name,
                 "params": params.to_json(),
                 "context": params.context().hex(),
                 "session_id": sid.hex(),
-                "padded_dim": params.padded_dim,
+                "rotation_block": params.rotation_block,
                 "l2_sensitivity": params.l2_sensitivity,
                 "rotation_signs": "".join("+" if s > 0 else "-" for s in signs),
                 "clients": clients,
@@ -163,7 +163,7 @@ def _check_encoding(vector: Mapping[str, Any]) -> None:
         enc = DPEncoding(params)
         if params.context().hex() != case["context"]:
             raise AssertionError(f"{case['name']}: context differs")
-        signs = rotation_signs(sid, params.padded_dim)
+        signs = rotation_signs(sid, params.dim)
         if "".join("+" if s > 0 else "-" for s in signs) != case["rotation_signs"]:
             raise AssertionError(f"{case['name']}: rotation signs differ")
         total = np.zeros(params.vector_length, dtype=np.int64)

@@ -15,7 +15,7 @@ from protocol.dp.params import (
     DPParams,
     Mechanism,
     conditional_rounding_bound,
-    padded_dim,
+    rotation_block,
 )
 
 __all__ = [
@@ -25,5 +25,5 @@ __all__ = [
     "DPParams",
     "Mechanism",
     "conditional_rounding_bound",
-    "padded_dim",
+    "rotation_block",
 ]

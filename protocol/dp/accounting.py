@@ -204,7 +204,7 @@ def ddgauss_rdp(
         l2: ``Delta_2`` > 0, integer units.
         local_variance: ``v`` > 0, each share's ``sigma**2``.
         num_clients: ``n`` >= 1 noise shares in the sum.
-        dim: the vector's length (``d'``).
+        dim: the vector's length (``d``).
         orders: Rényi orders (> 1).
         l1: ``Delta_1`` > 0 or None.
 
@@ -238,7 +238,7 @@ def round_rdp(params: DPParams) -> NDArray[np.float64]:
     Uses the rounded sensitivities of ``params`` and the noise of
     ``m = params.min_honest`` shares of variance ``params.local_variance``:
     Skellam of total variance ``m v`` (:func:`skellam_rdp`), or the sum of
-    ``m`` discrete Gaussians in dimension ``d'`` (:func:`ddgauss_rdp`).
+    ``m`` discrete Gaussians in dimension ``d`` (:func:`ddgauss_rdp`).
     """
     if not isinstance(params, DPParams):
         raise ConfigError(f"params must be DPParams, got {type(params).__name__}")
@@ -246,9 +246,7 @@ def round_rdp(params: DPParams) -> NDArray[np.float64]:
     v = params.local_variance
     if params.mechanism is Mechanism.SKELLAM:
         return skellam_rdp(params.l1_sensitivity, params.l2_sensitivity, float(m * v))
-    return ddgauss_rdp(
-        params.l2_sensitivity, float(v), m, params.padded_dim, l1=params.l1_sensitivity
-    )
+    return ddgauss_rdp(params.l2_sensitivity, float(v), m, params.dim, l1=params.l1_sensitivity)
 
 
 def epsilon_from_rdp(
@@ -279,6 +277,54 @@ def epsilon_from_rdp(
     return float(epsilon)
 
 
+SAMPLER_DISTANCE: Final = 2.0**-100
+"""Per-coordinate statistical distance of the samplers to the exact laws, at most (dp-v1 §5.5)."""
+
+
+def sampler_slack(rounds: Sequence[DPParams], epsilon_cap: float | None = None) -> float:
+    """What the samplers' inexactness adds to delta over ``rounds`` (dp-v1 §9.5).
+
+    A mechanism within statistical distance ``eta`` of an (epsilon, delta)-DP
+    one is (epsilon, delta + (1 + e^epsilon) eta)-DP. One round's sum holds
+    ``m d`` sampled coordinates of honest noise, each within
+    :data:`SAMPLER_DISTANCE`; the factor uses ``epsilon_cap`` (the most the
+    caller lets epsilon reach), by default the largest ``epsilon_budget`` of
+    the rounds. ``inf`` when ``e^epsilon`` overflows.
+    """
+    if not rounds:
+        return 0.0
+    eta = math.fsum(p.min_honest * p.dim * SAMPLER_DISTANCE for p in rounds)
+    cap = max(p.epsilon_budget for p in rounds) if epsilon_cap is None else epsilon_cap
+    return (1.0 + math.exp(cap)) * eta if cap < 700 else math.inf
+
+
+def composed_epsilon(
+    rounds: Sequence[DPParams], delta: float, epsilon_cap: float | None = None
+) -> float:
+    """Epsilon at ``delta`` of one client that took part in ``rounds`` (any parameters).
+
+    The rounds' RDP curves add up (composition); the samplers' slack
+    (:func:`sampler_slack`) is taken out of ``delta`` before the conversion.
+
+    Raises:
+        ConfigError: the slack would eat half of ``delta`` or more (a budget
+            so large that ``e^epsilon`` times the samplers' 2^-100 matters).
+    """
+    if not rounds:
+        return 0.0
+    delta = _delta(delta)
+    slack = sampler_slack(rounds, epsilon_cap)
+    if slack >= delta / 2:
+        raise ConfigError(
+            f"the samplers' statistical distance adds {slack:.3g} to delta {delta:g}: "
+            "the epsilon budget is too large to be meaningful"
+        )
+    total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    for p in rounds:
+        total += round_rdp(p)
+    return epsilon_from_rdp(total, delta - slack)
+
+
 def participation_epsilon(params: DPParams, participations: int) -> float:
     """Epsilon at ``params.delta`` spent by one client joining ``participations`` rounds.
 
@@ -291,7 +337,18 @@ def participation_epsilon(params: DPParams, participations: int) -> float:
     k = _count("participations", participations, low=0)
     if k == 0:
         return 0.0
-    return epsilon_from_rdp(k * round_rdp(params), params.delta)
+    return epsilon_from_rdp(k * round_rdp(params), _effective_delta(params, k))
+
+
+def _effective_delta(params: DPParams, participations: int) -> float:
+    # composed_epsilon over k equal rounds, without building the list.
+    slack = sampler_slack([params]) * participations
+    if slack >= params.delta / 2:
+        raise ConfigError(
+            f"the samplers' statistical distance adds {slack:.3g} to delta {params.delta:g}: "
+            "the epsilon budget is too large to be meaningful"
+        )
+    return params.delta - slack
 
 
 def max_participations(params: DPParams) -> int:
@@ -305,7 +362,10 @@ def max_participations(params: DPParams) -> int:
     per_round = round_rdp(params)
 
     def fits(k: int) -> bool:
-        return epsilon_from_rdp(k * per_round, params.delta) <= budget
+        try:
+            return epsilon_from_rdp(k * per_round, _effective_delta(params, k)) <= budget
+        except ConfigError:  # so many rounds that the samplers' slack eats delta
+            return False
 
     if not fits(1):
         return 0

@@ -28,7 +28,7 @@ from statistics import NormalDist
 from typing import Final
 
 from protocol.dp.accounting import gaussian_noise_multiplier, participation_epsilon
-from protocol.dp.params import MAX_LOCAL_VARIANCE, DPParams, Mechanism, padded_dim
+from protocol.dp.params import MAX_LOCAL_VARIANCE, DPParams, Mechanism, rotation_block
 from protocol.errors import ConfigError
 
 __all__ = [
@@ -50,7 +50,7 @@ DEFAULT_MODCLIP_PROB: Final = 1e-4
 DEFAULT_BETA: Final = math.exp(-0.5)
 """Conditional-rounding parameter recommended by [KLS21] and TFF."""
 
-# DPParams requires gamma c + sqrt(d') < 2**31 so that rounding is exact in
+# DPParams requires gamma c + sqrt(d) < 2**31 so that rounding is exact in
 # 64-bit arithmetic (§6); like TFF's MAX_SCALE_FACTOR, a larger scale buys
 # nothing (the rounding error is already negligible), so the scale is capped.
 _SCALED_CLIP_LIMIT: Final = 2.0**31
@@ -87,14 +87,14 @@ def modclip_stddevs(modclip_prob: float) -> float:
     return NormalDist().inv_cdf(1.0 - p / 2.0)
 
 
-def _sum_variance(scale: float, l2_clip: float, dim_padded: int, v: float, n: int) -> float:
+def _sum_variance(scale: float, l2_clip: float, block: int, v: float, n: int) -> float:
     # Per-coordinate second moment of the cohort's integer sum (§10):
     #   signal: after the rotation a coordinate of one update is about
-    #     gamma c / sqrt(d') (flatness rho = 1, [KLS21] §4.2); n aligned
-    #     updates give (gamma c n)**2 / d' (TFF's worst case, not sqrt(n));
+    #     gamma c / sqrt(n_b) at most, n_b the rotation block (> d / 2; §4); n aligned
+    #     updates give (gamma c n)**2 / n_b (TFF's worst case, not sqrt(n));
     #   rounding: stochastic rounding adds variance <= 1/4 per client;
     #   noise: every one of the n clients adds variance v.
-    return (scale * l2_clip * n) ** 2 / dim_padded + n / 4.0 + n * v
+    return (scale * l2_clip * n) ** 2 / block + n / 4.0 + n * v
 
 
 def scale_for_bits(
@@ -108,12 +108,12 @@ def scale_for_bits(
 ) -> float:
     """TFF's ``_heuristic_scale_factor``: the ``gamma`` that puts ``k`` stddevs at ``2**(b-1)``.
 
-    Solves ``2**b = 2 k sqrt(c**2 n**2 / d' + n (1/(4 gamma**2) + sigma**2)) * gamma``
+    Solves ``2**b = 2 k sqrt(c**2 n**2 / n_b + n (1/(4 gamma**2) + sigma**2)) * gamma``
     for ``gamma``, where ``sigma`` is the local noise std in *real* units::
 
-        gamma = sqrt(2**(2b) - n k**2) / (2 k sqrt(c**2 n**2 / d' + n sigma**2))
+        gamma = sqrt(2**(2b) - n k**2) / (2 k sqrt(c**2 n**2 / n_b + n sigma**2))
 
-    capped at ``(2**31 - 1 - sqrt(d')) / c``, the largest scale :class:`DPParams`
+    capped at ``(2**31 - 1 - sqrt(d)) / c``, the largest scale :class:`DPParams`
     accepts (exact rounding in 64 bits).
 
     Raises:
@@ -122,7 +122,7 @@ def scale_for_bits(
     """
     k = modclip_stddevs(modclip_prob)
     n = num_clients
-    d_padded = padded_dim(dim)
+    block = rotation_block(dim)
     headroom = 2.0 ** (2 * bits) - n * k * k
     if headroom <= 0:
         raise ConfigError(
@@ -130,9 +130,9 @@ def scale_for_bits(
             f"{modclip_prob}: need 2**(2b) > n k**2 = {n * k * k:.4g}; raise bits, "
             "shrink the cohort or raise modclip_prob"
         )
-    denominator = 2.0 * k * math.sqrt(l2_clip**2 * n * n / d_padded + n * real_stddev**2)
-    # Capped so that gamma c + sqrt(d') < 2**31 (DPParams' exact-rounding bound).
-    cap = (_SCALED_CLIP_LIMIT - 1.0 - math.sqrt(d_padded)) / l2_clip
+    denominator = 2.0 * k * math.sqrt(l2_clip**2 * n * n / block + n * real_stddev**2)
+    # Capped so that gamma c + sqrt(d) < 2**31 (DPParams' exact-rounding bound).
+    cap = (_SCALED_CLIP_LIMIT - 1.0 - math.sqrt(dim)) / l2_clip
     return min(math.sqrt(headroom) / denominator, cap)
 
 
@@ -140,7 +140,7 @@ def modclip_probability(params: DPParams, num_clients: int) -> float:
     """The modular-clipping probability of one coordinate of a cohort's sum (TFF's model).
 
     Models a coordinate of the sum of ``n = num_clients`` noisy rounded updates
-    as centred with variance ``(gamma c n)**2 / d' + n / 4 + n v`` (see
+    as centred with variance ``(gamma c n)**2 / n_b + n / 4 + n v`` (see
     :func:`scale_for_bits`) and Gaussian tails, and returns
     ``P(|N(0, s**2)| >= 2**(b-1)) = erfc(2**(b-1) / (s sqrt 2))``. This is the
     heuristic TFF bounds, not a proof: the signal term is a worst case over
@@ -151,7 +151,7 @@ def modclip_probability(params: DPParams, num_clients: int) -> float:
     """
     n = _int("num_clients", num_clients, 1, 1 << 32)
     s = math.sqrt(
-        _sum_variance(params.scale, params.l2_clip, params.padded_dim, params.local_variance, n)
+        _sum_variance(params.scale, params.l2_clip, params.rotation_block, params.local_variance, n)
     )
     return math.erfc(2.0 ** (params.bits - 1) / (s * math.sqrt(2.0)))
 
@@ -278,7 +278,7 @@ def calibrate(
         mech = Mechanism(mechanism)
     except ValueError as exc:
         raise ConfigError(f"unknown DP mechanism {mechanism!r}") from exc
-    padded_dim(dim)  # validates dim
+    rotation_block(dim)  # validates dim
     c = _real("l2_clip", l2_clip)
     eps = _real("epsilon", epsilon)
     if c <= 0 or eps <= 0:
@@ -361,7 +361,7 @@ def choose_bits(
     modclip_stddevs(modclip_prob)
     n = _int("num_clients", num_clients, 1, 1 << 32)
     s = math.sqrt(
-        _sum_variance(params.scale, params.l2_clip, params.padded_dim, params.local_variance, n)
+        _sum_variance(params.scale, params.l2_clip, params.rotation_block, params.local_variance, n)
     )
     for b in range(low, high + 1):
         if math.erfc(2.0 ** (b - 1) / (s * math.sqrt(2.0))) <= modclip_prob:

@@ -11,7 +11,7 @@ The client's pipeline (:meth:`DPEncoding.encode`):
 5. add discrete noise of variance ``v`` (:mod:`protocol.dp.samplers`);
 6. append the count slot ``1``.
 
-The result is a signed integer vector of length ``d' + 1``; the secure sum
+The result is a signed integer vector of length ``d + 1``; the secure sum
 reduces it modulo ``2**b`` (modular clipping) and the server's centred lift
 of the sum (``from_modular``) is what :meth:`DPEncoding.decode` takes. The
 server undoes only public transforms: ``/ gamma``, the inverse rotation and
@@ -56,7 +56,7 @@ class DPEncoding:
 
     @property
     def vector_length(self) -> int:
-        """``d' + 1``: the rotated, noised coordinates and the count slot."""
+        """``d + 1``: the rotated, noised coordinates and the count slot."""
         return self.params.vector_length
 
     def context(self) -> bytes:
@@ -74,7 +74,7 @@ class DPEncoding:
     def _signs(self, session_id: bytes) -> npt.NDArray[np.float64]:
         signs = self._signs_cache.get(session_id)
         if signs is None:
-            signs = rotation_signs(session_id, self.params.padded_dim)
+            signs = rotation_signs(session_id, self.params.dim)
             if len(self._signs_cache) >= 4:
                 self._signs_cache.clear()
             self._signs_cache[session_id] = signs
@@ -109,7 +109,7 @@ class DPEncoding:
     def encode(
         self, update: npt.NDArray[np.floating], session_id: bytes, rng: RandomSource
     ) -> npt.NDArray[np.int64]:
-        """The client's noised integer vector (length ``d' + 1``) for session ``session_id``.
+        """The client's noised integer vector (length ``d + 1``) for session ``session_id``.
 
         Exactly two calls ``rng.random_bytes(32)``: the rounding seed, then the
         noise seed; each PRG key is the seed's first 16 bytes.
@@ -129,7 +129,7 @@ class DPEncoding:
         y = rotate(x, self._signs(session_id))
         np.multiply(y, float(p.scale), out=y)
         z, _ = conditional_round(y, round_seed[:PRG_KEY_SIZE], p.l2_sensitivity)
-        z += sample_noise(p.mechanism, noise_seed[:PRG_KEY_SIZE], p.local_variance, p.padded_dim)
+        z += sample_noise(p.mechanism, noise_seed[:PRG_KEY_SIZE], p.local_variance, p.dim)
         out = np.empty(p.vector_length, dtype=np.int64)
         out[:-1] = z
         out[-1] = 1
@@ -152,7 +152,7 @@ class DPEncoding:
             raise ConfigError(f"the count slot is {count}: no contribution, or a corrupt sum")
         body = total[:-1].astype(np.float64)
         np.divide(body, float(p.scale), out=body)
-        return unrotate(body, self._signs(session_id), p.dim), count
+        return unrotate(body, self._signs(session_id)), count
 
     def decode(
         self, total: npt.NDArray[np.integer], session_id: bytes

@@ -23,11 +23,11 @@ __all__ = [
     "DPParams",
     "Mechanism",
     "conditional_rounding_bound",
-    "padded_dim",
+    "rotation_block",
 ]
 
 MAX_DIM: Final = 1 << 26
-"""Largest model (number of weights) a DP round supports; padded to ``2**26``."""
+"""Largest model (number of weights) a DP round supports."""
 
 MAX_LOCAL_VARIANCE: Final = 1 << 36
 """Largest per-client noise variance, in integer units squared (the samplers' range, dp-v1 §5)."""
@@ -42,11 +42,17 @@ class Mechanism(StrEnum):
     """Kairouz, Liu, Steinke (ICML 2021): discrete Gaussian ``N_Z(0, v)``."""
 
 
-def padded_dim(dim: int) -> int:
-    """The rotation's length: the smallest power of two ``>= dim`` (§4)."""
+def rotation_block(dim: int) -> int:
+    """``n``: the rotation's Hadamard block, the largest power of two ``<= dim`` (§4).
+
+    The rotation applies ``H_n`` to the first ``n`` coordinates and, when
+    ``n < dim``, again to the last ``n``: nothing is padded, so the secure sum
+    carries exactly ``dim`` noised words, and every coordinate is spread over
+    at least ``n > dim / 2`` others.
+    """
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
         raise ConfigError(f"dim must be an int in [1, {MAX_DIM}], got {dim!r}")
-    return 1 << (dim - 1).bit_length()
+    return 1 << (dim.bit_length() - 1)
 
 
 def conditional_rounding_bound(scaled_clip: float, dim: int, beta: float) -> float:
@@ -139,7 +145,7 @@ class DPParams:
             raise ConfigError(
                 f"unknown DP mechanism {self.mechanism!r}; one of {[m.value for m in Mechanism]}"
             ) from exc
-        padded_dim(self.dim)
+        rotation_block(self.dim)
         for name in ("l2_clip", "scale", "epsilon_budget"):
             if _real(name, getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -152,9 +158,9 @@ class DPParams:
         _int("local_variance", self.local_variance, 1, MAX_LOCAL_VARIANCE)
         _int("min_honest", self.min_honest, 1, 1 << 32)
         _int("bits", self.bits, 2, 62)
-        if float(self.l2_clip) * float(self.scale) + math.sqrt(self.padded_dim) >= 2.0**31:
+        if float(self.l2_clip) * float(self.scale) + math.sqrt(self.dim) >= 2.0**31:
             raise ConfigError(
-                "l2_clip * scale + sqrt(padded dim) must be below 2**31 (exact rounding in 64 bits)"
+                "l2_clip * scale + sqrt(dim) must be below 2**31 (exact rounding in 64 bits)"
             )
         if self.l2_sensitivity >= 2.0 ** (self.bits - 1):
             raise ConfigError(
@@ -163,32 +169,32 @@ class DPParams:
             )
 
     @property
-    def padded_dim(self) -> int:
-        """``d'``: the rotation's length, a power of two."""
-        return padded_dim(self.dim)
+    def rotation_block(self) -> int:
+        """``n``: the rotation's Hadamard block (:func:`rotation_block`)."""
+        return rotation_block(self.dim)
 
     @property
     def vector_length(self) -> int:
-        """Words of the secure sum: ``d'`` noised coordinates and the count slot."""
-        return self.padded_dim + 1
+        """Words of the secure sum: ``d`` noised coordinates and the count slot."""
+        return self.dim + 1
 
     @property
     def l2_sensitivity(self) -> float:
         """``Delta_2``: the L2 norm bound of one client's rounded update, in integer units."""
         return conditional_rounding_bound(
-            float(self.l2_clip) * float(self.scale), self.padded_dim, float(self.beta)
+            float(self.l2_clip) * float(self.scale), self.dim, float(self.beta)
         )
 
     @property
     def l1_sensitivity(self) -> float:
-        """``Delta_1``: the L1 bound of an integer vector of L2 norm ``Delta_2`` in ``Z**d'``.
+        """``Delta_1``: the L1 bound of an integer vector of L2 norm ``Delta_2`` in ``Z**d``.
 
-        ``min(Delta_2**2, sqrt(d') * Delta_2)``: an integer vector's nonzero
+        ``min(Delta_2**2, sqrt(d) * Delta_2)``: an integer vector's nonzero
         coordinates are at least 1 in magnitude, so ``|x|_1 <= |x|_2**2``;
         Cauchy-Schwarz gives the other term.
         """
         l2 = self.l2_sensitivity
-        return min(l2 * l2, math.sqrt(self.padded_dim) * l2)
+        return min(l2 * l2, math.sqrt(self.dim) * l2)
 
     @property
     def noise_multiplier(self) -> float:

@@ -68,15 +68,18 @@ def _active(n: int, t: int, **kw: object) -> SessionConfig:
 
 
 def test_defaults_are_the_strict_policy() -> None:
-    assert SessionPolicy(
-        allow_semi_honest=False,
-        min_participants=5,
-        assumed_corrupt_rate=0.05,
-        min_assumed_colluders=1,
-        min_threshold=2,
-        security_bits=40,
-        require_certified_identities=True,
-    ) == SessionPolicy()
+    assert (
+        SessionPolicy(
+            allow_semi_honest=False,
+            min_participants=5,
+            assumed_corrupt_rate=0.05,
+            min_assumed_colluders=1,
+            min_threshold=2,
+            security_bits=40,
+            require_certified_identities=True,
+        )
+        == SessionPolicy()
+    )
     assert SessionPolicy().warnings == ()
     assert STRICT.warnings == (UNCERTIFIED_WARNING,)
     assert SessionPolicy(allow_semi_honest=True).warnings == (SEMI_HONEST_WARNING,)

@@ -103,11 +103,11 @@ def test_scale_meets_the_modclip_target_tightly() -> None:
 
 def test_modclip_probability_is_the_normal_tail_of_the_sum() -> None:
     # An independent evaluation of the model: std of one coordinate of the
-    # sum, then the two-sided normal tail at 2**(b-1).
+    # sum (rotation block 512 for d = 610), then the two-sided normal tail at 2**(b-1).
     params = run(Mechanism.SKELLAM, bits=16)
     n = 100
     s = math.sqrt(
-        (params.scale * params.l2_clip * n) ** 2 / 1024 + n / 4 + n * params.local_variance
+        (params.scale * params.l2_clip * n) ** 2 / 512 + n / 4 + n * params.local_variance
     )
     expected = 2 * (1 - NormalDist(0, s).cdf(2.0**15))
     assert modclip_probability(params, n) == pytest.approx(expected, rel=1e-6)
@@ -199,12 +199,13 @@ def test_unknown_mechanism() -> None:
 
 
 def test_scale_for_bits_is_tffs_formula() -> None:
-    # _heuristic_scale_factor: sqrt(2**(2b) - n k**2) / (2 k sqrt(c**2 n**2 / d' + n sigma**2)).
+    # _heuristic_scale_factor: sqrt(2**(2b) - n k**2) / (2 k sqrt(c**2 n**2 / n_b + n sigma**2)),
+    # n_b = 512, the rotation block of d = 1000 (dp-v1 §4).
     k = modclip_stddevs(1e-4)
     gamma = scale_for_bits(
         bits=18, l2_clip=0.5, dim=1000, num_clients=30, real_stddev=0.02, modclip_prob=1e-4
     )
-    by_hand = math.sqrt(2.0**36 - 30 * k * k) / (2 * k * math.sqrt(0.25 * 900 / 1024 + 30 * 0.0004))
+    by_hand = math.sqrt(2.0**36 - 30 * k * k) / (2 * k * math.sqrt(0.25 * 900 / 512 + 30 * 0.0004))
     assert gamma == pytest.approx(by_hand, rel=1e-12)
 
 

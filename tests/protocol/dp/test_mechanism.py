@@ -52,28 +52,63 @@ def test_fwht_is_the_sylvester_hadamard_matrix(n: int) -> None:
 
 
 def test_signs_follow_the_spec_bit_order() -> None:
-    # Independent reading of §4 step 1: bit i%64 of little-endian word i//64.
+    # Independent reading of §4 step 1: bit i%64 of little-endian word i//64;
+    # d = 130 needs s (130 signs) and t (128 signs).
     from protocol._keys import dp_rotation_key
 
-    n = 130
-    words = np.empty(3, dtype=np.uint64)
+    words = np.empty(5, dtype=np.uint64)
     prg_fill(dp_rotation_key(SID), words)
-    want = [1.0 if (int(words[i // 64]) >> (i % 64)) & 1 == 0 else -1.0 for i in range(n)]
-    assert rotation_signs(SID, n).tolist() == want
-    assert rotation_signs(hashlib.sha256(b"other").digest(), n).tolist() != want
+    want = [1.0 if (int(words[i // 64]) >> (i % 64)) & 1 == 0 else -1.0 for i in range(258)]
+    assert rotation_signs(SID, 130).tolist() == want
+    assert rotation_signs(SID, 128).tolist() == want[:128]
+    assert rotation_signs(hashlib.sha256(b"other").digest(), 130).tolist() != want
 
 
-def test_rotation_is_orthogonal_and_inverted() -> None:
-    signs = rotation_signs(SID, 128)
-    x = np.random.default_rng(3).normal(size=100)  # test data only
+def spec_rotation(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    # §4 with explicit matrices: the orthogonal map the code must implement.
+    d = len(x)
+    n = 1 << (d.bit_length() - 1)
+    first = np.eye(d)
+    first[:n, :n] = hadamard(n) / math.sqrt(n)
+    m = first @ np.diag(signs[:d])
+    if n < d:
+        second = np.eye(d)
+        second[d - n :, d - n :] = hadamard(n) @ np.diag(signs[d:]) / math.sqrt(n)
+        m = second @ m
+    return m
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 64, 100, 610])
+def test_rotation_is_the_orthogonal_map_of_section_4(d: int) -> None:
+    signs = rotation_signs(SID, d)
+    m = spec_rotation(np.zeros(d), signs)
+    assert np.allclose(m @ m.T, np.eye(d), rtol=0, atol=1e-12)  # orthogonal
+    x = np.random.default_rng(d).normal(size=d)  # test data only
     y = rotate(x, signs)
-    assert y.shape == (128,)
+    assert y.shape == (d,)  # nothing padded
+    assert np.allclose(y, m @ x, rtol=0, atol=1e-12)
     assert math.isclose(float(np.linalg.norm(y)), float(np.linalg.norm(x)), rel_tol=1e-12)
-    assert np.allclose(unrotate(y, signs, 100), x, rtol=0, atol=1e-12)
-    # The rotation spreads a spike: every coordinate gets 1/sqrt(d') of it.
-    spike = np.zeros(100)
-    spike[7] = 1.0
-    assert np.allclose(np.abs(rotate(spike, signs)), 1 / math.sqrt(128), rtol=0, atol=1e-15)
+    assert np.allclose(unrotate(y, signs), x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [64, 100, 610])
+def test_rotation_spreads_a_spike_over_at_least_half_the_coordinates(d: int) -> None:
+    # What the modular-clipping analysis (§10) uses: over the random signs,
+    # every rotated coordinate has second moment at most |x|^2 / n, n > d/2.
+    n = 1 << (d.bit_length() - 1)
+    trials = 300
+    for index in (0, d // 2, d - 1):
+        spike = np.zeros(d)
+        spike[index] = 1.0
+        moment = np.zeros(d)
+        for t in range(trials):
+            y = rotate(spike, rotation_signs(hashlib.sha256(b"%d" % t).digest(), d))
+            assert int(np.count_nonzero(np.abs(y) > 1e-15)) >= n
+            moment += y * y
+        # Each y_i^2 lies in [0, 1]; 300 trials estimate E[y_i^2] <= 1/n to within
+        # a few 1/n at most (1/n-scaled Rademacher sums): 2/n fails a wrong rotation.
+        assert float(np.max(moment / trials)) <= 2.0 / n
+        assert math.isclose(float(moment.sum() / trials), 1.0, rel_tol=1e-9)
 
 
 def test_rotation_refuses_bad_shapes() -> None:
@@ -82,7 +117,7 @@ def test_rotation_refuses_bad_shapes() -> None:
     with pytest.raises(ConfigError):
         rotate(np.zeros(9), rotation_signs(SID, 8))
     with pytest.raises(ConfigError):
-        unrotate(np.zeros(8), rotation_signs(SID, 8), 9)
+        unrotate(np.zeros(8), rotation_signs(SID, 9))
 
 
 # -- §6 conditional rounding -------------------------------------------------
@@ -141,8 +176,8 @@ def test_conditional_rounding_gives_up_when_the_bound_cannot_hold() -> None:
 
 def test_params_validate_and_bind_every_field() -> None:
     p = params()
-    assert p.padded_dim == 128 and p.vector_length == 129
-    assert p.l2_sensitivity == conditional_rounding_bound(200.0, 128, math.exp(-0.5))
+    assert p.rotation_block == 64 and p.vector_length == 101
+    assert p.l2_sensitivity == conditional_rounding_bound(200.0, 100, math.exp(-0.5))
     contexts = {p.context()}
     for change in (
         {"mechanism": Mechanism.DDGAUSS},
@@ -214,7 +249,7 @@ def test_clipping_bounds_a_hostile_update() -> None:
     huge = np.full(p.dim, 1e6)
     z = enc.encode(huge, SID, DeterministicRandom(b"x"))
     assert np.linalg.norm(enc.clip(huge)) <= p.l2_clip * (1 + 1e-12)
-    # Noise of variance 1 on 128 coordinates adds far less than 60 to the norm.
+    # Noise of variance 1 on 100 coordinates adds far less than 60 to the norm.
     assert float(np.linalg.norm(z[:-1])) < p.l2_sensitivity + 60
     assert z[-1] == 1
 
@@ -249,9 +284,9 @@ def test_encode_and_decode_refuse_bad_input() -> None:
     with pytest.raises(ConfigError):
         enc.encode(np.zeros(100), b"short", rng)
     with pytest.raises(ConfigError):
-        enc.decode(np.zeros(128, dtype=np.int64), SID)
+        enc.decode(np.zeros(100, dtype=np.int64), SID)
     with pytest.raises(ConfigError, match="count"):
-        enc.decode(np.zeros(129, dtype=np.int64), SID)
+        enc.decode(np.zeros(101, dtype=np.int64), SID)
 
 
 def test_params_json_round_trip_is_strict() -> None:

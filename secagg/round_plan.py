@@ -104,7 +104,7 @@ def dp_params(task: dbm.Task) -> DPParams | None:
 def session_shape(task: dbm.Task, participants: int) -> tuple[int, int, bytes]:
     """(vector length, bit width, encoding context) of a session of ``participants``.
 
-    A DP round's vector is ``d' + 1`` words (the rotated, noised update and
+    A DP round's vector is ``d + 1`` words (the rotated, noised update and
     the count slot; no weight or metric slots) of the task's ``bits``, and
     its context binds the DP parameters (specs/dp-v1.md §3); otherwise the
     fixed-point round encoding's.

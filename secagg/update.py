@@ -118,10 +118,10 @@ def next_model_dp(
     ``/ count``) runs on the whole vector; the strategy step then goes
     segment by segment as in :func:`next_model`. With ``in_place`` the new
     float32 weights are written over ``aggregate``'s buffer (it holds
-    ``d' + 1 >= d`` words of at least 4 bytes, and is read whole first).
+    ``d + 1`` words of at least 4 bytes, and is read whole first).
 
     Raises:
-        ConfigError: the aggregate is not ``d' + 1`` words, its count slot is
+        ConfigError: the aggregate is not ``d + 1`` words, its count slot is
             below 1 (``DPEncoding.decode``), or ``base`` is not ``d`` long.
     """
     length = int(base.shape[0])

@@ -214,7 +214,7 @@ def test_the_plans_of_a_dp_round_carry_its_parameters(tmp_path: Path) -> None:
     assert as_json["dp"] == params.to_json() and as_json["encoding"] is None
     plan = plan_session(task, [4, 2, 9], 3, nonce=bytes(32))
     config = plan.config
-    assert config.vector_length == params.padded_dim + 1 == 9
+    assert config.vector_length == params.vector_length == DIM + 1
     assert config.bit_width == params.bits
     assert config.context == session_context(task_id, 3, params.context())
     db.dispose()
@@ -269,9 +269,10 @@ def test_next_model_dp_is_the_strategy_applied_to_the_decoded_mean() -> None:
         assert update.total_weight == count == 3 and update.metrics is None
     # The noisy mean is near the mean of the clipped updates (the third one has
     # norm 1.35 > l2_clip 1): the noise std per coordinate is sqrt(3 * 50) / 1000 / 3
-    # = 0.004 after the (orthonormal) inverse rotation, rounding adds an error of
-    # L2 norm at most 3 * Delta-bound / 1000 / 3 < 0.01; 0.05 is far above both,
-    # while an unclipped or unscaled decoding would be off by 0.1 or more.
+    # = 0.004 after the (orthonormal) inverse rotation (12 std = 0.05); randomised
+    # rounding moves each coordinate by less than 1 unit, an error of L2 norm below
+    # sqrt(5) units per client, so at most sqrt(5) / 1000 = 0.0023 on the mean.
+    # An unclipped or unscaled decoding would be off by 0.1 or more.
     clipped = [u * min(1.0, 1.0 / float(np.linalg.norm(u))) for u in updates]
     assert np.max(np.abs(mean - np.mean(clipped, axis=0))) < 0.05
     # An empty or wrapped sum (count slot 0), a model of another length, a vector
@@ -279,12 +280,12 @@ def test_next_model_dp_is_the_strategy_applied_to_the_decoded_mean() -> None:
     fedavg = FedAvg()
     with pytest.raises(ConfigError, match="count slot"):
         next_model_dp(
-            DPEncoding(params), np.zeros(9, np.uint32), 24, session_id, base, fedavg, None
+            DPEncoding(params), np.zeros(6, np.uint32), 24, session_id, base, fedavg, None
         )
     with pytest.raises(ConfigError, match="weights"):
         next_model_dp(DPEncoding(params), words, 24, session_id, base[:4], fedavg, None)
     with pytest.raises(ConfigError, match="words"):
-        next_model_dp(DPEncoding(params), words[:8], 24, session_id, base, fedavg, None)
+        next_model_dp(DPEncoding(params), words[:5], 24, session_id, base, fedavg, None)
 
 
 # -- rounds in process ---------------------------------------------------------------------

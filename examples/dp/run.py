@@ -30,7 +30,7 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
-from client_sdk.models import FunctionModel
+from client_sdk.models import FlatModel, FunctionModel
 from examples.digits.digits import ClientData, load_digits_split
 
 FloatArray = npt.NDArray[np.float32]
@@ -55,8 +55,8 @@ def accuracy(w: FloatArray, x: FloatArray, y: npt.NDArray[np.int64]) -> float:
     return float(np.mean(np.argmax(_logits(w, x), axis=1) == y))
 
 
-def _train(data: ClientData) -> Callable[[FunctionModel], int]:
-    def train(model: FunctionModel) -> int:
+def _train(data: ClientData) -> Callable[[FlatModel], int]:
+    def train(model: FlatModel) -> int:
         # Full-batch gradient descent on the cross-entropy, LOCAL_EPOCHS steps.
         w = model.get_weights().astype(np.float64)
         x, y = data.x.astype(np.float64), data.y

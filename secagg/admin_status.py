@@ -24,7 +24,7 @@ def render_tasks(tasks: Sequence[TaskView]) -> str:
                 t.status,
                 f"{t.completed_rounds}/{t.rounds}",
                 str(t.current_round),
-                t.failure_reason or "",
+                _budget(t) + (t.failure_reason or ""),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -32,6 +32,13 @@ def render_tasks(tasks: Sequence[TaskView]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _budget(t: TaskView) -> str:
+    """``epsilon 1.2/4 `` for a DP task (spent / budget), else empty."""
+    if t.epsilon_budget is None:
+        return ""
+    return f"epsilon {t.epsilon_spent or 0.0:.4g}/{t.epsilon_budget:g} "
 
 
 def render_task(detail: dict[str, Any]) -> str:
@@ -44,6 +51,15 @@ def render_task(detail: dict[str, Any]) -> str:
         f"graph {t.graph}, {t.vector_length} weights, training window {t.training_window_s} s",
         f"  strategy {t.strategy}",
     ]
+    if t.dp is not None and t.epsilon_budget is not None:
+        spec, params = t.dp.get("spec") or {}, t.dp.get("params") or {}
+        lines.append(
+            f"  dp {spec.get('mechanism')}: epsilon spent {t.epsilon_spent or 0.0:.4g} of "
+            f"{t.epsilon_budget:g} (delta {spec.get('delta')}), "
+            f"{t.dp.get('round_epsilon', 0.0):.4g} per round, at most "
+            f"{t.dp.get('max_participations')} rounds per client, "
+            f"min_honest {params.get('min_honest')}, {params.get('bits')} bits"
+        )
     if t.failure_reason:
         lines.append(f"  failure: {t.failure_reason}")
     if detail.get("waiting_reason"):
@@ -54,9 +70,11 @@ def render_task(detail: dict[str, Any]) -> str:
         for r in rounds:
             reason = f" ({r['abort_reason']})" if r.get("abort_reason") else ""
             result = f" -> v{r['result_version']}" if r.get("result_version") else ""
+            spent = (r.get("metrics") or {}).get("epsilon_spent")
+            eps = f", epsilon spent {spent:.4g}" if isinstance(spent, int | float) else ""
             lines.append(
                 f"    #{r['number']} {r['status']}{reason}{result}, "
-                f"{len(r.get('participants') or [])} participants"
+                f"{len(r.get('participants') or [])} participants{eps}"
             )
     versions = list(detail.get("versions") or [])
     if versions:

@@ -702,8 +702,18 @@ def demo_cmd(
     clients: int = 10,
     length: int = 10_000,
     seed: int = 0,
+    dp: Annotated[
+        bool,
+        typer.Option(
+            "--dp",
+            help="distributed differential privacy: a DP task through the service, then "
+            "accuracy against epsilon (specs/dp-v1.md)",
+        ),
+    ] = False,
 ) -> None:
     """Federated training with secure aggregation, end to end (real server and clients)."""
+    if dp:
+        raise typer.Exit(_from_checkout("examples.dp.run").run_dp_demo(out_dir))
     if simulated:
         raise typer.Exit(_demo(argparse.Namespace(clients=clients, length=length, seed=seed)))
     run_demo = _from_checkout("examples.digits.run").run_demo

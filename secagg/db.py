@@ -71,7 +71,14 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -87,6 +94,7 @@ __all__ = [
     "Base",
     "Client",
     "ClientStatus",
+    "DPParticipation",
     "Database",
     "DatabaseOptions",
     "DatabaseUnavailable",
@@ -101,6 +109,7 @@ __all__ = [
     "RoundStatus",
     "StageStats",
     "Task",
+    "TaskDP",
     "TaskPointer",
     "TaskRoster",
     "TaskStatus",
@@ -410,6 +419,56 @@ class Task(Base):
     aborted_in_a_row: Mapped[int] = mapped_column(Integer, default=0)
     max_aborted_rounds: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ABORTED_ROUNDS)
     failure_reason: Mapped[str | None] = mapped_column(String(500))
+    # A distributed-DP task's parameters and budget (a table of its own, so a
+    # database created before DP needs no migration: ``create_schema`` adds it).
+    dp: Mapped[TaskDP | None] = relationship(
+        lazy="selectin", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class TaskDP(Base):
+    """The distributed-DP settings of a task and the privacy budget it has spent.
+
+    ``spec`` is the task's ``dp`` field as given (``secagg.task_spec.DPSpec``);
+    ``params`` the calibrated ``protocol.dp.DPParams.to_json()`` every round
+    of the task uses. ``round_epsilon`` is the epsilon one participation
+    costs a client, ``max_participations`` how many rounds one client may
+    join within the budget, ``epsilon_spent`` the largest epsilon any client
+    has spent so far (service-v1.md §11).
+    """
+
+    __tablename__ = "task_dp"
+    __table_args__ = (
+        CheckConstraint("max_participations >= 1", name="max_participations_positive"),
+        CheckConstraint("epsilon_spent >= 0", name="epsilon_spent_nonnegative"),
+    )
+
+    task_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    spec: Mapped[dict[str, Any]] = mapped_column(_json())
+    params: Mapped[dict[str, Any]] = mapped_column(_json())
+    round_epsilon: Mapped[float] = mapped_column(Float)
+    max_participations: Mapped[int] = mapped_column(Integer)
+    epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class DPParticipation(Base):
+    """A client whose masked input is in the sum of a DP task's round (its privacy cost).
+
+    Written in the transaction that completes the round (one row per
+    survivor of R2), so a client's participations in a task are the rows
+    with its id: ``k`` in ``participation_epsilon(params, k)``.
+    """
+
+    __tablename__ = "dp_participations"
+    __table_args__ = (Index(None, "task_id", "client_id"),)
+
+    round_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tasks.id", ondelete="CASCADE"))
 
 
 class Quarantine(Base):

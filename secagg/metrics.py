@@ -45,7 +45,8 @@ ROUNDS = Counter(
 ABORTED = Counter(
     "secagg_rounds_aborted_total",
     "Aborted rounds by reason (protocol abort reasons and the service's: store_failed, "
-    "aggregation_failed, server_shutdown, task_cancelled, too_few_trained, undecodable, ...)",
+    "aggregation_failed, server_shutdown, task_cancelled, too_few_trained, "
+    "dp_too_few_survivors, ...)",
     [TASK, "reason"],
     registry=REGISTRY,
 )
@@ -148,6 +149,21 @@ TASKS_FAILED = Counter(
     registry=REGISTRY,
 )
 
+# -- distributed DP (service-v1.md §11) --------------------------------------------------
+EPSILON_SPENT = Gauge(
+    "secagg_dp_epsilon_spent",
+    "Largest privacy budget (epsilon, at the task's delta) any client has spent in the "
+    "task's rounds, by the server's count",
+    [TASK],
+    registry=REGISTRY,
+)
+EPSILON_BUDGET = Gauge(
+    "secagg_dp_epsilon_budget",
+    "Each client's privacy budget (epsilon) in the task",
+    [TASK],
+    registry=REGISTRY,
+)
+
 _BY_TASK = (
     ROUNDS,
     ABORTED,
@@ -168,6 +184,8 @@ _BY_TASK = (
     CLIENT_OUTCOMES,
     QUARANTINED,
     TASKS_FAILED,
+    EPSILON_SPENT,
+    EPSILON_BUDGET,
 )
 
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,47}")
@@ -250,6 +268,8 @@ def observe(kind: str, data: dict[str, Any]) -> None:
         LAST_EVAL_EXAMPLES.labels(task).set(_number(data.get("eval_examples")))
         LAST_TRAIN_EXAMPLES.labels(task).set(_number(data.get("train_examples")))
         LAST_SURVIVORS.labels(task).set(_number(data.get("survivors")))
+        if "epsilon_spent" in data:
+            EPSILON_SPENT.labels(task).set(_number(data["epsilon_spent"]))
     elif kind == "round_aborted":
         _round_ended(task, data)
         ROUNDS.labels(task, "aborted").inc()
@@ -261,6 +281,9 @@ def observe(kind: str, data: dict[str, Any]) -> None:
         QUARANTINED.labels(task).inc()
     elif kind == "task_failed":
         TASKS_FAILED.labels(task).inc()
+    elif kind == "dp_budget":
+        EPSILON_SPENT.labels(task).set(_number(data.get("epsilon_spent")))
+        EPSILON_BUDGET.labels(task).set(_number(data.get("epsilon_budget")))
 
 
 def forget_task(task_id: int) -> None:

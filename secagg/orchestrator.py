@@ -30,6 +30,13 @@ operator lifts it. Only completed rounds count towards the task's
 ``rounds``; ``max_aborted_rounds`` aborts in a row fail the task; a failed
 aggregation (strategy error, non-finite weights, undecodable sum) pauses it.
 All database work runs in worker threads (:mod:`secagg.round_store`).
+
+A distributed-DP task (service-v1.md §11, :mod:`secagg.dp_tasks`) runs the
+same loop with three additions: clients whose privacy budget is spent are
+never selected (and the task fails ``privacy_budget_spent`` once too few
+enrolled clients have budget left); a session with fewer than ``m + c``
+ready clients or masked inputs aborts ``dp_too_few_survivors`` before any
+unmasking request; a released sum is charged to its survivors.
 """
 
 from __future__ import annotations
@@ -49,10 +56,12 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from protocol import ClientRecord, Round, ServerSession, SessionConfig
+from protocol.dp import DPEncoding
 from protocol.encoding import RoundEncoding
 from protocol.errors import AbortReason, ConfigError, RemoteProtocolError
 from protocol.messages import ClientMessage, decode_message
 from secagg import db as dbm
+from secagg.dp_tasks import BUDGET_SPENT, DP_TOO_FEW_SURVIVORS, required_survivors
 from secagg.registry import ModelRegistry
 from secagg.round_plan import (
     AUTO_HARARY_MIN_CLIENTS,
@@ -60,6 +69,7 @@ from secagg.round_plan import (
     Liveness,
     check_task_parameters,
     choose_graph,
+    dp_params,
     plan_session,
     plan_training,
     round_encoding,
@@ -68,7 +78,7 @@ from secagg.round_plan import (
 )
 from secagg.round_store import Completed, RoundStore
 from secagg.strategies import ClientSelector, UniformSelector, make_strategy
-from secagg.update import ModelUpdate, next_model
+from secagg.update import ModelUpdate, next_model, next_model_dp
 
 __all__ = [
     "AUTO_HARARY_MIN_CLIENTS",
@@ -215,6 +225,11 @@ class RoundDriver:
     on_stage: Callable[[str, StageRecord], None] | None = None
     # Awaited before R2 closes with every client asked for a masked input (§10.2).
     on_masked_inputs: Callable[[frozenset[int]], Awaitable[None]] | None = None
+    # A DP round (§11): R2 is not closed with fewer masked inputs than this
+    # (m + c); the session aborts instead, before any unmasking request.
+    min_masked_inputs: int = 0
+    # The service's own abort reason when the driver aborted the session itself.
+    service_abort: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.server = ServerSession(self.config)
@@ -284,6 +299,27 @@ class RoundDriver:
                         # input arrived: a client records its contribution before
                         # sending, and a late or lost input is one all the same.
                         await self.on_masked_inputs(waited_for)
+                    if stage == "R2" and sent < self.min_masked_inputs:
+                        # §11: the sum would hold fewer than m honest noise shares.
+                        # (Recorded above all the same: the clients count a sent input.)
+                        # Closing R2 would ask for unmasking; abort instead, so
+                        # nothing is revealed (each client would refuse anyway).
+                        detail = (
+                            f"{sent} masked inputs arrived, a DP round releases a sum of "
+                            f"at least {self.min_masked_inputs} (min_honest + colluders)"
+                        )
+                        self.service_abort = (DP_TOO_FEW_SURVIVORS, detail)
+                        out = self.server.abort(AbortReason.CANCELLED, detail)
+                        self.stages[stage] = StageRecord(
+                            participants=sent,
+                            dropouts=expected - sent,
+                            seconds=time.monotonic() - started,
+                            bytes_in=self._stage_bytes_in,
+                            bytes_out=sum(len(m) for m in out.values()),
+                        )
+                        for u, data in out.items():
+                            await self.mailboxes[u].put(data)
+                        break
                     out = await asyncio.to_thread(self.server.advance)
                     if (
                         self.server.round is Round.R2_MASKED_INPUT_COLLECTION
@@ -673,8 +709,14 @@ class TaskRunner:
             return False
         base_version = await self._db(self.store.current_version, self.task_id)
         contributed = await self._db(self.store.contributed, self.task_id, base_version)
+        spent: set[int] = set()
+        if task.dp is not None:
+            self._publish_budget(task)
+            spent = await self._db(self.store.dp_exhausted, self.task_id)
+            if spent and not await self._budget_left(task, spent):
+                return False
         participants = await self._gather(
-            task.min_clients, task.clients_per_round, contributed, base_version
+            task.min_clients, task.clients_per_round, contributed, base_version, spent
         )
         if participants is None or self._stopped:
             return False
@@ -694,6 +736,38 @@ class TaskRunner:
             await asyncio.sleep(1.0)
         return True
 
+    def _publish_budget(self, task: dbm.Task) -> None:
+        """The task's epsilon spent and budget, for ``/metrics`` (a ``dp_budget`` event)."""
+        if task.dp is not None:
+            self._events(
+                "dp_budget",
+                {
+                    "task_id": self.task_id,
+                    "epsilon_spent": float(task.dp.epsilon_spent),
+                    "epsilon_budget": float(task.dp.spec["epsilon"]),
+                },
+            )
+
+    async def _budget_left(self, task: dbm.Task, spent: set[int]) -> bool:
+        """Whether enough enrolled clients have budget left to fill a round (§11).
+
+        If not, the task fails with ``privacy_budget_spent``: no round of it can
+        open again unless more clients enrol (then ``resume`` restarts it).
+        """
+        enrolled = await self._db(self.store.enrolled_clients)
+        fresh = enrolled - spent
+        if len(fresh) >= task.min_clients:
+            return True
+        reason = (
+            f"{BUDGET_SPENT}: {len(spent & enrolled)} enrolled clients spent their privacy "
+            f"budget (epsilon {float(task.dp.spec['epsilon']) if task.dp else 0:g}); "
+            f"{len(fresh)} have budget left, min_clients {task.min_clients} needed"
+        )
+        if await self._db(self.store.fail_task, self.task_id, reason):
+            log.warning("task %s: %s", self.task_id, reason)
+            self._events("task_failed", {"task_id": self.task_id, "reason": reason})
+        return False
+
     def _available(self, excluded: frozenset[int] | set[int] = frozenset()) -> list[int]:
         return [
             u
@@ -707,15 +781,19 @@ class TaskRunner:
         wanted: int,
         contributed: set[int] | None = None,
         base_version: int | None = None,
+        spent: set[int] | None = None,
     ) -> list[int] | None:
         """Wait for ``minimum`` eligible clients; select up to ``wanted`` of them.
 
         Clients in ``contributed`` already sent a masked input on the current
-        base version and are never selected again for it (§4.7): if too few
-        others are waiting, the runner keeps waiting for fresh clients and
-        says why in ``waiting_reason`` (task detail) and in the log.
+        base version and are never selected again for it (§4.7); clients in
+        ``spent`` have spent a DP task's privacy budget and are never selected
+        again (§11). If too few others are waiting, the runner keeps waiting
+        for fresh clients and says why in ``waiting_reason`` (task detail) and
+        in the log.
         """
-        excluded = frozenset(contributed or ())
+        no_budget = frozenset(spent or ())
+        excluded = frozenset(contributed or ()) | no_budget
         while not self._stopped:
             eligible = self._available(excluded)
             if len(eligible) >= minimum:
@@ -731,12 +809,21 @@ class TaskRunner:
                 if len(available) >= minimum:
                     return self.selector.select(available, wanted)
             elif len(self._available()) > len(eligible):
-                reason = (
-                    f"waiting for clients: {len(eligible)} of the {len(self._available())} "
-                    f"checked in were never asked for a masked input on base version "
-                    f"{base_version}, {minimum} needed (a client contributes at most once "
-                    "per base version)"
-                )
+                waiting = self._available()
+                without_budget = len(no_budget.intersection(waiting))
+                if without_budget:
+                    reason = (
+                        f"waiting for clients: {without_budget} of the {len(waiting)} "
+                        f"checked in have spent their privacy budget, {len(eligible)} "
+                        f"eligible, {minimum} needed"
+                    )
+                else:
+                    reason = (
+                        f"waiting for clients: {len(eligible)} of the {len(waiting)} "
+                        f"checked in were never asked for a masked input on base version "
+                        f"{base_version}, {minimum} needed (a client contributes at most "
+                        "once per base version)"
+                    )
                 if reason != self.waiting_reason:
                     log.warning("task %s: %s", self.task_id, reason)
                     self._events("selection_waiting", {"task_id": self.task_id, "reason": reason})
@@ -833,6 +920,14 @@ class TaskRunner:
                 f"{len(cohort)} of {len(live.selected)} selected clients reported ready "
                 f"within the training window; {task.min_clients} needed",
             )
+        params = dp_params(task)
+        floor = required_survivors(task, params) if params is not None else 0
+        if len(cohort) < floor:
+            raise _Aborted(
+                DP_TOO_FEW_SURVIVORS,
+                f"{len(cohort)} clients reported ready; a DP round releases a sum of at "
+                f"least {floor} (min_honest + colluders)",
+            )
         keys: tuple[bytes, ...] = ()
         if task.mode is dbm.ProtocolMode.ACTIVE:
             keys = await self._db(self.store.identity_keys, cohort)
@@ -850,7 +945,12 @@ class TaskRunner:
             training,
         )
         driver = RoundDriver(
-            live.round_id, config, plan.deadlines, gone=self.gone, tick_s=self.liveness.tick_s
+            live.round_id,
+            config,
+            plan.deadlines,
+            gone=self.gone,
+            tick_s=self.liveness.tick_s,
+            min_masked_inputs=floor,
         )
         base_version = live.assignment.base_version
 
@@ -897,17 +997,22 @@ class TaskRunner:
             {"task_id": self.task_id, "round": live.number, "outcomes": _outcome_counts(server)},
         )
         if server.round is Round.ABORTED:
+            if driver.service_abort is not None:
+                raise _Aborted(*driver.service_abort)
             reason = server.abort_reason.value if server.abort_reason else "unknown"
             raise _Aborted(reason, server.abort_detail)
         result = server.result
-        encoding = round_encoding(task)
+        params = dp_params(task)
+        encoding: RoundEncoding | DPEncoding = (
+            round_encoding(task) if params is None else DPEncoding(params)
+        )
         try:
             update = await asyncio.to_thread(
                 self._aggregate,
                 task,
                 encoding,
                 result.aggregate,
-                driver.config.bit_width,
+                driver.config,
                 base_version,
             )
         except SQLAlchemyError as exc:
@@ -915,10 +1020,10 @@ class TaskRunner:
         except Exception as exc:
             raise _Aborted(AGGREGATION_FAILED, f"{type(exc).__name__}: {exc}", pause=True) from exc
         metrics = update.metrics
-        eval_metrics = {
-            "eval_accuracy": metrics.accuracy if metrics.count else None,
-            "eval_loss": metrics.mean_loss if metrics.count else None,
-            "eval_examples": metrics.count,
+        eval_metrics: dict[str, Any] = {
+            "eval_accuracy": metrics.accuracy if metrics is not None and metrics.count else None,
+            "eval_loss": metrics.mean_loss if metrics is not None and metrics.count else None,
+            "eval_examples": metrics.count if metrics is not None else None,
             "round": live.number,
         }
         train_metrics = {
@@ -928,7 +1033,13 @@ class TaskRunner:
             "round": live.number,
         }
         new_weights, new_state = update.weights, update.state
-        completed = Completed(new_weights, new_state, eval_metrics, train_metrics)
+        completed = Completed(
+            new_weights,
+            new_state,
+            eval_metrics,
+            train_metrics,
+            dp_survivors=tuple(result.survivors) if params is not None else None,
+        )
         try:
             version = await self._db(
                 self.store.complete,
@@ -945,6 +1056,10 @@ class TaskRunner:
             log.exception("storing round %d of task %s failed", live.number, self.task_id)
             raise _Aborted(STORE_FAILED, f"{type(exc).__name__}: {exc}") from exc
         live.decide({"status": "completed", "version": version})
+        if params is not None:
+            stored = await self._db(self.store.load_task, self.task_id)
+            if stored is not None:
+                self._publish_budget(stored)
         # Committed: the clients of the next round download it from memory.
         with contextlib.suppress(Exception):  # a cache miss only costs a database read
             info = await asyncio.to_thread(self.registry.get, self.task_id, version)
@@ -963,25 +1078,40 @@ class TaskRunner:
     def _aggregate(
         self,
         task: dbm.Task,
-        encoding: RoundEncoding,
+        encoding: RoundEncoding | DPEncoding,
         aggregate: Any,
-        bit_width: int,
+        config: SessionConfig,
         base_version: int,
     ) -> ModelUpdate:
         """In a worker thread: decode the sum and apply the strategy, segment by segment.
 
         The new weights are written over the aggregate's buffer (``in_place``):
-        nothing reads the aggregate afterwards.
+        nothing reads the aggregate afterwards. A DP round's sum is decoded
+        with its session id (the rotation's signs, specs/dp-v1.md §4).
         """
-        update = next_model(
-            encoding,
-            aggregate,
-            bit_width,
-            self.registry.weights_view(self.task_id, base_version),
-            make_strategy(task.strategy or {"name": "fedavg"}),
-            task.strategy_state,
-            in_place=True,
-        )
+        base = self.registry.weights_view(self.task_id, base_version)
+        strategy = make_strategy(task.strategy or {"name": "fedavg"})
+        if isinstance(encoding, DPEncoding):
+            update = next_model_dp(
+                encoding,
+                aggregate,
+                config.bit_width,
+                config.session_id,
+                base,
+                strategy,
+                task.strategy_state,
+                in_place=True,
+            )
+        else:
+            update = next_model(
+                encoding,
+                aggregate,
+                config.bit_width,
+                base,
+                strategy,
+                task.strategy_state,
+                in_place=True,
+            )
         if not np.all(np.isfinite(update.weights)):
             raise ValueError("the strategy produced non-finite weights")
         return update
@@ -993,6 +1123,7 @@ class TaskRunner:
         statuses = None
         stats: dict[str, dbm.StageStats] = {}
         detail = ""
+        released: tuple[int, ...] | None = None
         if live.training is not None:
             stats["training"] = live.training
         if driver is not None:
@@ -1005,6 +1136,10 @@ class TaskRunner:
             statuses = _status_json(driver.server.client_status)
             stats.update(_stats(driver))
             detail = driver.server.blame_detail or ""
+            if driver.server.round is Round.COMPLETED and live.assignment.dp is not None:
+                # The sum was unmasked before the round failed (storing, decoding):
+                # it is released all the same, so its survivors pay for it.
+                released = tuple(driver.server.result.survivors)
         live.decide({"status": "aborted", "reason": why.reason})
         pause = f"round {live.number}: {why.reason}: {why.detail}" if why.pause else None
         try:
@@ -1020,6 +1155,7 @@ class TaskRunner:
                     blame_detail=detail,
                     finished=dbm.utcnow(),
                     pause_reason=pause,
+                    dp_survivors=released,
                 )
             )
         except Exception:

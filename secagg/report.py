@@ -179,8 +179,16 @@ def _html(title: str, png: bytes, points: Sequence[RoundPoint], task: Mapping[st
     )
     facts = ", ".join(
         f"{k}: {html.escape(str(task[k]))}"
-        for k in ("status", "rounds", "completed_rounds", "clients_per_round", "mode")
-        if k in task
+        for k in (
+            "status",
+            "rounds",
+            "completed_rounds",
+            "clients_per_round",
+            "mode",
+            "epsilon_spent",
+            "epsilon_budget",
+        )
+        if task.get(k) is not None
     )
     image = base64.b64encode(png).decode("ascii")
     return f"""<!DOCTYPE html>

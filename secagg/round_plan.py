@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import GraphKind, Mode, SessionConfig
+from protocol.dp import DPEncoding, DPParams
 from protocol.encoding import FixedPointEncoding, RoundEncoding, session_context
 from protocol.errors import ConfigError, ParameterError
 from protocol.params import AdversaryClass, derive_parameters
@@ -87,6 +88,43 @@ def round_encoding(task: dbm.Task) -> RoundEncoding:
     """The task's vector encoding (update, weight, evaluation sums)."""
     return RoundEncoding(
         FixedPointEncoding(clip=task.clip, scale=task.scale, max_weight=task.max_weight)
+    )
+
+
+def dp_params(task: dbm.Task) -> DPParams | None:
+    """A DP task's calibrated parameters (stored at creation); None without DP.
+
+    Raises:
+        ConfigError: the stored parameters do not parse.
+    """
+    state = getattr(task, "dp", None)
+    return DPParams.from_json(state.params) if state is not None else None
+
+
+def session_shape(task: dbm.Task, participants: int) -> tuple[int, int, bytes]:
+    """(vector length, bit width, encoding context) of a session of ``participants``.
+
+    A DP round's vector is ``d + 1`` words (the rotated, noised update and
+    the count slot; no weight or metric slots) of the task's ``bits``, and
+    its context binds the DP parameters (specs/dp-v1.md §3); otherwise the
+    fixed-point round encoding's.
+
+    Raises:
+        ConfigError: the cohort overflows the encoding's words.
+    """
+    params = dp_params(task)
+    if params is not None:
+        encoding = DPEncoding(params)
+        return (
+            encoding.vector_length,
+            encoding.required_bit_width(participants),
+            encoding.context(),
+        )
+    plain = round_encoding(task)
+    return (
+        plain.vector_length(task.vector_length),
+        plain.required_bit_width(participants),
+        plain.context(),
     )
 
 
@@ -269,10 +307,8 @@ def stage_deadlines(
 def _upper_bound_deadlines(task: dbm.Task) -> dict[str, float]:
     """Deadlines for the largest cohort the task allows (told before the session forms)."""
     n = task.clients_per_round
-    encoding = round_encoding(task)
     mode = Mode(task.mode.value)
-    words = encoding.vector_length(task.vector_length)
-    bits = encoding.required_bit_width(n)
+    words, bits, _ = session_shape(task, n)
     try:
         kind, degree, _ = choose_graph(
             n, mode, task.graph.value, task.dropout_rate, task.corrupt_rate
@@ -298,7 +334,8 @@ class Assignment:
     round_number: int
     base_version: int
     model_length: int
-    encoding: dict[str, Any]
+    # Null for a DP task: its vector is described by ``dp`` instead.
+    encoding: dict[str, Any] | None
     training_deadline_s: float
     heartbeat_s: float
     deadlines: dict[str, float]
@@ -306,6 +343,8 @@ class Assignment:
     # Active mode: the task authority's roster as uploaded (authority-v1.md §6),
     # so a client can check its own certification before it trains.
     roster: bytes | None = None
+    # A DP task's parameters (``DPParams.to_json()``, specs/dp-v1.md §3).
+    dp: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -320,6 +359,7 @@ class Assignment:
             "deadlines": self.deadlines,
             "mode": self.mode,
             "roster": self.roster.hex() if self.roster is not None else None,
+            "dp": self.dp,
         }
 
 
@@ -341,20 +381,23 @@ def plan_training(
     """The training assignment of round ``number`` (what check-in answers with).
 
     The stage deadlines are those of the largest cohort the task allows;
-    the session's own are never longer (:func:`plan_session`).
+    the session's own are never longer (:func:`plan_session`). A DP task's
+    assignment carries ``dp`` (its parameters) and no ``encoding``.
     """
+    params = dp_params(task)
     return Assignment(
         round_id=round_id,
         task_id=task.id,
         round_number=number,
         base_version=base_version,
         model_length=task.vector_length,
-        encoding=encoding_json(round_encoding(task)),
+        encoding=encoding_json(round_encoding(task)) if params is None else None,
         training_deadline_s=training_window(task),
         heartbeat_s=liveness.heartbeat_s,
         deadlines=_upper_bound_deadlines(task),
         mode=task.mode.value,
         roster=roster if task.mode is dbm.ProtocolMode.ACTIVE else None,
+        dp=params.to_json() if params is not None else None,
     )
 
 
@@ -392,7 +435,7 @@ def plan_session(
         ConfigError: the configuration is invalid (e.g. too long a vector).
     """
     participants = tuple(sorted(cohort))
-    encoding = round_encoding(task)
+    vector_length, bit_width, context = session_shape(task, len(participants))
     mode = Mode(task.mode.value)
     kind, degree, threshold = choose_graph(
         len(participants), mode, task.graph.value, task.dropout_rate, task.corrupt_rate
@@ -400,14 +443,14 @@ def plan_session(
     config = SessionConfig(
         participants=participants,
         threshold=threshold,
-        vector_length=encoding.vector_length(task.vector_length),
-        bit_width=encoding.required_bit_width(len(participants)),
+        vector_length=vector_length,
+        bit_width=bit_width,
         nonce=nonce,
         mode=mode,
         graph=kind,
         degree=degree if kind is GraphKind.HARARY else 0,
         identity_keys=tuple(identity_keys) if mode is Mode.ACTIVE else (),
-        context=session_context(task.id, number, encoding.context()),
+        context=session_context(task.id, number, context),
     )
     deadlines = stage_deadlines(
         len(participants), config.vector_length, config.packed_size, degree, task.deadlines

@@ -24,8 +24,12 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
+from protocol.dp import DPParams
+from protocol.dp.accounting import participation_epsilon
 from secagg import db as dbm
+from secagg.dp_tasks import client_participations, exhausted_clients
 from secagg.registry import ModelRegistry
 
 log = logging.getLogger("secagg.round_store")
@@ -89,6 +93,50 @@ class Completed:
     strategy_state: bytes | None
     eval_metrics: dict[str, Any]  # measured on the base version
     train_metrics: dict[str, Any]  # of the new version's round
+    # A DP round: the clients whose masked inputs are in the sum (R2's survivors).
+    dp_survivors: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DPSpend:
+    """What a DP round cost: one participation's epsilon, the task's spent after it."""
+
+    round_epsilon: float
+    epsilon_spent: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"dp_round_epsilon": self.round_epsilon, "epsilon_spent": self.epsilon_spent}
+
+
+def record_dp_round(
+    session: Session, task_id: int, round_id: int, survivors: Iterable[int]
+) -> DPSpend:
+    """Charge a DP round to its survivors and update the task's epsilon spent.
+
+    One row per survivor in ``dp_participations`` (idempotent per round), then
+    ``epsilon_spent = participation_epsilon(params, max k)``: every
+    participation costs the same RDP curve, so the client with the most
+    participations has spent the most.
+
+    Raises:
+        LookupError: the task has no DP settings.
+    """
+    state = session.get(dbm.TaskDP, task_id)
+    if state is None:
+        raise LookupError(f"task {task_id} has no DP settings")
+    known = set(
+        session.scalars(
+            select(dbm.DPParticipation.client_id).where(dbm.DPParticipation.round_id == round_id)
+        )
+    )
+    for u in sorted(set(survivors) - known):
+        session.add(dbm.DPParticipation(round_id=round_id, client_id=u, task_id=task_id))
+    session.flush()
+    most = max(client_participations(session, task_id).values(), default=0)
+    params = DPParams.from_json(state.params)
+    spent = participation_epsilon(params, most) if most else 0.0
+    state.epsilon_spent = max(float(state.epsilon_spent or 0.0), spent)
+    return DPSpend(float(state.round_epsilon), float(state.epsilon_spent))
 
 
 class RoundStore:
@@ -121,6 +169,44 @@ class RoundStore:
                 return dbm.masked_input_senders(s, task_id, base_version)
 
         return self.retry.call(read, "reading masked-input senders")
+
+    def dp_exhausted(self, task_id: int) -> set[int]:
+        """Clients of a DP task whose budget is spent (``k >= max_participations``)."""
+
+        def read() -> set[int]:
+            with self.db.session() as s:
+                state = s.get(dbm.TaskDP, task_id)
+                if state is None:
+                    return set()
+                return exhausted_clients(s, task_id, state.max_participations)
+
+        return self.retry.call(read, "reading the privacy budget")
+
+    def enrolled_clients(self) -> set[int]:
+        """Every enrolled client that may still authenticate."""
+
+        def read() -> set[int]:
+            with self.db.session() as s:
+                return set(
+                    s.scalars(
+                        select(dbm.Client.id).where(dbm.Client.status == dbm.ClientStatus.ACTIVE)
+                    )
+                )
+
+        return self.retry.call(read, "reading the enrolled clients")
+
+    def fail_task(self, task_id: int, reason: str) -> bool:
+        """Mark an active task failed with ``reason``; whether it was active."""
+
+        def write() -> bool:
+            with self.db.session() as s:
+                t = s.get(dbm.Task, task_id)
+                if t is None or t.status is not dbm.TaskStatus.ACTIVE:
+                    return False
+                t.status, t.failure_reason = dbm.TaskStatus.FAILED, reason[:500]
+                return True
+
+        return self.retry.call(write, f"failing task {task_id}")
 
     def quarantined(self, task_id: int) -> set[int]:
         def read() -> set[int]:
@@ -258,12 +344,17 @@ class RoundStore:
                     return row.result_version  # an earlier attempt committed
                 if row.status is not dbm.RoundStatus.RUNNING:
                     raise RuntimeError(f"round {round_id} is {row.status.value}, not running")
+                train = dict(result.train_metrics)
+                if result.dp_survivors is not None:
+                    train.update(
+                        record_dp_round(s, task_id, round_id, result.dp_survivors).to_json()
+                    )
                 version = self.registry.add_version(
                     task_id,
                     result.weights,
                     parent_version=base_version,
                     round_number=number,
-                    metrics={"train": result.train_metrics},
+                    metrics={"train": train},
                     session=s,
                 )
                 base = s.scalar(
@@ -278,7 +369,7 @@ class RoundStore:
                 row.stage_stats = {**(row.stage_stats or {}), **stats}
                 row.finished_at = finished
                 row.result_version = version.version
-                row.metrics = {**result.eval_metrics, **result.train_metrics}
+                row.metrics = {**result.eval_metrics, **train}
                 row.client_status, row.blamed = statuses, []
                 t = s.get(dbm.Task, task_id)
                 assert t is not None
@@ -302,6 +393,7 @@ class RoundStore:
         blame_detail: str = "",
         finished: datetime,
         pause_reason: str | None = None,
+        dp_survivors: Iterable[int] | None = None,
     ) -> str:
         """Store an aborted round, quarantine whom it blamed, pause or fail the task.
 
@@ -311,8 +403,12 @@ class RoundStore:
         ``pause_reason`` pauses it (a failed aggregation: retrying cannot help).
         A round already finished is left as it is (a completed round is never
         relabelled). Returns why the task stopped ("" if it goes on).
+
+        ``dp_survivors``: a DP round whose sum was released (unmasked) before
+        the round failed is charged to them all the same (:func:`record_dp_round`).
         """
         blamed = dict(blamed or {})
+        charged = sorted(dp_survivors) if dp_survivors is not None else None
 
         def write() -> str:
             with self.db.session() as s:
@@ -324,6 +420,11 @@ class RoundStore:
                 row.stage_stats = {**(row.stage_stats or {}), **(stats or {})}
                 row.finished_at = finished
                 row.client_status, row.blamed = statuses, sorted(blamed)
+                if charged is not None:
+                    row.metrics = {
+                        **(row.metrics or {}),
+                        **record_dp_round(s, task_id, round_id, charged).to_json(),
+                    }
                 for u, why in sorted(blamed.items()):
                     q = s.get(dbm.Quarantine, (task_id, u))
                     if q is None:

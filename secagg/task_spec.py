@@ -15,6 +15,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,7 @@ from secagg.strategies import FedAvgSpec, StrategySpec, parse_strategy
 
 __all__ = [
     "MAX_TRAINING_WINDOW_S",
+    "DPSpec",
     "LayoutEntry",
     "TaskCreate",
     "TaskView",
@@ -68,6 +70,105 @@ class LayoutEntry(BaseModel):
 def layout_length(layout: Iterable[LayoutEntry]) -> int:
     """Number of weights a layout describes (the sum of its tensors' sizes)."""
     return sum(e.numel for e in layout)
+
+
+def _refuse_unknown(model: type[BaseModel], data: Any, what: str) -> None:
+    # pydantic's own message ("Extra inputs are not permitted") does not say
+    # what was meant; this one names the field and lists the valid ones.
+    if isinstance(data, Mapping):
+        unknown = sorted(str(k) for k in data if k not in model.model_fields)
+        if unknown:
+            raise ValueError(
+                f"unknown {what} field(s) {unknown}; valid fields: {sorted(model.model_fields)}"
+            )
+
+
+class DPSpec(BaseModel):
+    """Distributed differential privacy of a task (specs/dp-v1.md; service-v1.md §11).
+
+    Each client clips its update to ``l2_clip``, rotates, scales and rounds
+    it, and adds a share of discrete noise before masking; the noise is
+    calibrated at task creation so that the sum of ``min_honest`` honest
+    shares is ``(epsilon, delta)``-DP for each client over all the rounds it
+    may join. Exactly one of ``noise_multiplier`` and ``participations``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mechanism: Literal["skellam", "ddgauss"] = Field(
+        default="skellam",
+        description="the clients' discrete noise: `skellam` (Agarwal, Kairouz, Liu 2021) or "
+        "`ddgauss`, the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021)",
+    )
+    epsilon: float = Field(
+        gt=0,
+        le=1000,
+        description="each client's privacy budget over the whole task (user-level, at delta)",
+    )
+    delta: float = Field(
+        default=1e-5, gt=0, lt=1, description="the delta of every (epsilon, delta) statement"
+    )
+    l2_clip: float = Field(
+        gt=0, le=1e9, description="each client's update is scaled down to this L2 norm"
+    )
+    noise_multiplier: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e4,
+        description="the guaranteed sum's noise standard deviation over its L2 sensitivity "
+        "(central-DP z); the budget then allows as many rounds per client as it covers. "
+        "Exactly one of noise_multiplier and participations",
+    )
+    participations: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="rounds one client may join within the budget: the noise is calibrated "
+        "so that this many participations spend it. Exactly one of noise_multiplier and "
+        "participations",
+    )
+    bits: int = Field(
+        default=20,
+        ge=8,
+        le=62,
+        description="modulus exponent b of the secure sum (bits per weight)",
+    )
+    beta: float = Field(
+        default=math.exp(-0.5),
+        ge=0,
+        lt=1,
+        description="conditional randomised rounding parameter (0: unconditional rounding)",
+    )
+    modclip_prob: float = Field(
+        default=1e-4,
+        gt=0,
+        lt=1,
+        description="bound on the probability that the sum wraps modulo 2**bits "
+        "(chooses the scale)",
+    )
+    min_honest: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="honest noise shares the sum is guaranteed to hold; default "
+        "max(min_participants, ceil((1 - dropout_rate) * min_clients)) - "
+        "max(1, ceil(corrupt_rate * clients_per_round))",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        _refuse_unknown(cls, data, "dp")
+        return data
+
+    @model_validator(mode="after")
+    def _one_noise_rule(self) -> DPSpec:
+        if (self.noise_multiplier is None) == (self.participations is None):
+            raise ValueError(
+                "dp: give exactly one of noise_multiplier and participations "
+                f"(got {'both' if self.participations is not None else 'neither'})"
+            )
+        return self
 
 
 class TaskCreate(BaseModel):
@@ -182,18 +283,18 @@ class TaskCreate(BaseModel):
         le=10_000,
         description="aborted rounds in a row after which the task is marked failed",
     )
+    dp: DPSpec | None = Field(
+        default=None,
+        description="distributed differential privacy: {mechanism, epsilon, delta, l2_clip, "
+        "noise_multiplier | participations, bits, beta, modclip_prob, min_honest}; the "
+        "noise is calibrated at creation (400 bad_task if infeasible) and a client joins "
+        "rounds only while its budget lasts. Null: no DP",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_fields(cls, data: Any) -> Any:
-        # pydantic's own message ("Extra inputs are not permitted") does not say
-        # what was meant; this one names the field and lists the valid ones.
-        if isinstance(data, Mapping):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-            if unknown:
-                raise ValueError(
-                    f"unknown task field(s) {unknown}; valid fields: {sorted(cls.model_fields)}"
-                )
+        _refuse_unknown(cls, data, "task")
         return data
 
     @field_validator("strategy", mode="before")
@@ -243,6 +344,20 @@ class TaskView(BaseModel):
     training_window_s: float
     strategy: dict[str, Any]
     model_layout: list[LayoutEntry] | None
+    dp: dict[str, Any] | None = Field(
+        default=None,
+        description="a DP task's settings: spec (the dp field as given), params (the "
+        "calibrated parameters every round uses), round_epsilon (one participation), "
+        "max_participations (rounds one client may join); null without DP",
+    )
+    epsilon_spent: float | None = Field(
+        default=None,
+        description="the largest epsilon any client has spent in this task's rounds "
+        "(at dp.spec.delta); null without DP",
+    )
+    epsilon_budget: float | None = Field(
+        default=None, description="each client's epsilon budget (dp.spec.epsilon); null without DP"
+    )
 
     @classmethod
     def of(cls, t: dbm.Task) -> TaskView:
@@ -274,6 +389,18 @@ class TaskView(BaseModel):
                 if t.model_layout is not None
                 else None
             ),
+            dp=(
+                {
+                    "spec": dict(t.dp.spec),
+                    "params": dict(t.dp.params),
+                    "round_epsilon": t.dp.round_epsilon,
+                    "max_participations": t.dp.max_participations,
+                }
+                if t.dp is not None
+                else None
+            ),
+            epsilon_spent=t.dp.epsilon_spent if t.dp is not None else None,
+            epsilon_budget=float(t.dp.spec["epsilon"]) if t.dp is not None else None,
         )
 
 

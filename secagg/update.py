@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from protocol.dp import DPEncoding
 from protocol.encoding import METRIC_SLOTS, EvalSums, RoundEncoding, WordArray, from_modular
 from protocol.errors import ConfigError
 from secagg.strategies import Strategy
@@ -30,14 +31,16 @@ class ModelUpdate:
 
     Attributes:
         weights: the next global model (float32, new array).
-        total_weight: the survivors' total weight (training examples).
-        metrics: the survivors' summed evaluation metrics (of the base model).
+        total_weight: the survivors' total weight (training examples); in a
+            DP round, the count of survivors (every one weighs 1).
+        metrics: the survivors' summed evaluation metrics (of the base
+            model); None in a DP round, which collects none.
         state: the strategy's state after the round.
     """
 
     weights: npt.NDArray[np.float32]
     total_weight: int
-    metrics: EvalSums
+    metrics: EvalSums | None
     state: bytes | None
 
 
@@ -94,3 +97,56 @@ def next_model(
         mean, _ = encoding.update.decode(np.concatenate([body, weight_slot]))
         out[start:stop] = strategy.step(base[start:stop], mean, [a[start:stop] for a in arrays])
     return ModelUpdate(out, weight, metrics, strategy.finish(arrays))
+
+
+def next_model_dp(
+    encoding: DPEncoding,
+    aggregate: WordArray,
+    bit_width: int,
+    session_id: bytes,
+    base: npt.NDArray[np.float32],
+    strategy: Strategy,
+    state: bytes | None,
+    *,
+    segment: int = SEGMENT_ELEMENTS,
+    in_place: bool = False,
+) -> ModelUpdate:
+    """A DP round's next model: decode the noisy mean update, then ``strategy``, in segments.
+
+    The inverse rotation mixes every coordinate, so the decoding
+    (``DPEncoding.decode``: centred lift, ``/ gamma``, inverse rotation,
+    ``/ count``) runs on the whole vector; the strategy step then goes
+    segment by segment as in :func:`next_model`. With ``in_place`` the new
+    float32 weights are written over ``aggregate``'s buffer (it holds
+    ``d + 1`` words of at least 4 bytes, and is read whole first).
+
+    Raises:
+        ConfigError: the aggregate is not ``d + 1`` words, its count slot is
+            below 1 (``DPEncoding.decode``), or ``base`` is not ``d`` long.
+    """
+    length = int(base.shape[0])
+    if length != encoding.params.dim:
+        raise ConfigError(
+            f"the model has {length} weights, the DP parameters {encoding.params.dim}"
+        )
+    if aggregate.ndim != 1 or aggregate.shape[0] != encoding.vector_length:
+        raise ConfigError(
+            f"aggregate of {aggregate.shape} is not the {encoding.vector_length} words "
+            "of a DP round"
+        )
+    if segment < 1:
+        raise ConfigError(f"segment must be >= 1, got {segment}")
+    mean, count = encoding.decode(from_modular(aggregate, bit_width), session_id)
+    if in_place:
+        if not (aggregate.flags.c_contiguous and aggregate.flags.writeable):
+            raise ConfigError("in_place needs a writable, contiguous aggregate")
+        out: npt.NDArray[np.float32] = aggregate.view(np.float32)[:length]
+    else:
+        out = np.empty(length, np.float32)
+    arrays = strategy.start(state, length)
+    for start in range(0, length, segment):
+        stop = min(length, start + segment)
+        out[start:stop] = strategy.step(
+            base[start:stop], mean[start:stop], [a[start:stop] for a in arrays]
+        )
+    return ModelUpdate(out, count, None, strategy.finish(arrays))

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,10 @@ class SimulationReport:
     rounds: list[dict[str, Any]]  # per round: status, participants, stage stats, metrics
     final_weights: npt.NDArray[np.float32]
     outcomes: dict[int, list[RoundOutcome]]  # per client index
+    # DP tasks: the task as the server shows it (dp, epsilon_spent, status) and, per
+    # client index, the epsilon its own ledger says it spent (specs/dp-v1.md §11).
+    task: dict[str, Any] = field(default_factory=dict)
+    own_epsilon: dict[int, float] = field(default_factory=dict)
 
 
 def simulate(
@@ -57,6 +61,8 @@ def simulate(
     workdir: Path | None = None,
     timeout_s: float = 600.0,
     policy: ClientPolicy | None = None,
+    dp: Mapping[str, Any] | None = None,
+    min_clients: int | None = None,
 ) -> SimulationReport:
     """Run ``rounds`` rounds of secure FedAvg with ``len(models)`` clients.
 
@@ -68,6 +74,11 @@ def simulate(
         workdir: where the SQLite database goes (default: a temporary folder).
         policy: every client's policy (default ``ClientPolicy()``); the task is
             created for clients with this policy.
+        dp: the task's ``dp`` field (specs/dp-v1.md; e.g. ``{"epsilon": 8,
+            "l2_clip": 1.0, "participations": 5}``): every client noises its
+            update and keeps its own privacy ledger.
+        min_clients: fewest checked-in clients a round starts with (default:
+            ``clients_per_round``).
     """
     import uvicorn
 
@@ -113,6 +124,8 @@ def simulate(
                 faults or {},
                 timeout_s,
                 policy or ClientPolicy(),
+                dp,
+                min_clients or clients_per_round or n,
             )
         finally:
             server.should_exit = True
@@ -137,33 +150,36 @@ def _run(
     faults: Mapping[int, FaultFn],
     timeout_s: float,
     policy: ClientPolicy,
+    dp: Mapping[str, Any] | None,
+    min_clients: int,
 ) -> SimulationReport:
     admin = httpx.Client(
         base_url=url, timeout=60, headers={"authorization": f"Bearer {admin_token}"}
     )
     buf = io.BytesIO()
     np.save(buf, models[0].get_weights().astype(np.float32))
-    response = admin.post(
-        "/v1/admin/tasks",
-        json={
-            "name": "simulation",
-            "vector_length": models[0].num_weights,
-            "rounds": rounds,
-            "clients_per_round": per_round,
-            "min_clients": per_round,
-            "mode": mode,
-            "graph": graph,
-            "clip": clip,
-            "scale": scale,
-            "max_weight": max_weight,
-            "initial_weights": base64.b64encode(buf.getvalue()).decode(),
-            "strategy": dict(strategy or {"name": "fedavg"}),
-            "deadlines": dict(deadlines or {"R0": 60, "R1": 5, "R2": 5, "R3": 5, "R4": 5}),
-            "allow_semi_honest": policy.allow_semi_honest,
-            "min_participants": policy.min_participants,
-        },
-    )
-    response.raise_for_status()
+    task: dict[str, Any] = {
+        "name": "simulation",
+        "vector_length": models[0].num_weights,
+        "rounds": rounds,
+        "clients_per_round": per_round,
+        "min_clients": min_clients,
+        "mode": mode,
+        "graph": graph,
+        "clip": clip,
+        "scale": scale,
+        "max_weight": max_weight,
+        "initial_weights": base64.b64encode(buf.getvalue()).decode(),
+        "strategy": dict(strategy or {"name": "fedavg"}),
+        "deadlines": dict(deadlines or {"R0": 60, "R1": 5, "R2": 5, "R3": 5, "R4": 5}),
+        "allow_semi_honest": policy.allow_semi_honest,
+        "min_participants": policy.min_participants,
+    }
+    if dp is not None:
+        task["dp"] = dict(dp)
+    response = admin.post("/v1/admin/tasks", json=task)
+    if response.status_code >= 400:
+        raise ValueError(f"the server refused the task: {response.text}")
     task_id = int(response.json()["id"])
     # A task authority of the simulation's own (held here, never by the server):
     # clients pin its key at enrolment and it certifies them in a roster.
@@ -207,7 +223,15 @@ def _run(
         t.join(timeout=60)
     detail = admin.get(f"/v1/admin/tasks/{task_id}").json()
     final = clients[0]._download(detail["versions"][-1]["version"])  # verified download
-    return SimulationReport(detail["rounds_detail"], final.astype(np.float32), outcomes)
+    own: dict[int, float] = {}
+    if dp is not None:
+        delta = float(detail["dp"]["params"]["delta"])
+        for i, c in enumerate(clients):
+            cap = min(c.policy.max_epsilon, float(detail["dp"]["params"]["epsilon_budget"]))
+            own[i] = c.ledger.epsilon_spent(url, task_id, delta, epsilon_cap=cap)
+    return SimulationReport(
+        detail["rounds_detail"], final.astype(np.float32), outcomes, detail, own
+    )
 
 
 def upload_roster(
@@ -236,7 +260,8 @@ def upload_roster(
 
 def _done(admin: httpx.Client, task_id: int) -> bool:
     detail = admin.get(f"/v1/admin/tasks/{task_id}").json()
+    # A DP task may also end "failed" with privacy_budget_spent (specs/service-v1.md).
     return bool(
-        detail["status"] == "completed"
+        detail["status"] in ("completed", "failed")
         and all(r["status"] != "running" for r in detail["rounds_detail"])
     )

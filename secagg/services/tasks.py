@@ -43,6 +43,7 @@ from protocol import ConfigError, Mode
 from protocol.encoding import FixedPointEncoding, RoundEncoding
 from protocol.policy import SessionPolicy
 from secagg import db as dbm
+from secagg.dp_tasks import DPBudget, calibrate_task
 from secagg.orchestrator import TaskRunner, check_task_parameters
 from secagg.registry import ModelRegistry
 from secagg.task_spec import TaskCreate, TaskView
@@ -116,8 +117,12 @@ def _initial_weights(req: TaskCreate) -> npt.NDArray[np.float32]:
     return out
 
 
-def _check_admission(req: TaskCreate) -> None:
-    """Refuse now a task whose rounds could never run (400 ``bad_task``)."""
+def _check_admission(req: TaskCreate) -> DPBudget | None:
+    """Refuse now a task whose rounds could never run (400 ``bad_task``).
+
+    Returns:
+        A DP task's calibrated parameters (None without ``dp``).
+    """
     min_clients = req.min_clients or req.clients_per_round
     if min_clients > req.clients_per_round:
         raise TaskError(400, "bad_task", "min_clients exceeds clients_per_round")
@@ -135,13 +140,25 @@ def _check_admission(req: TaskCreate) -> None:
                 allow_semi_honest=req.allow_semi_honest, min_participants=req.min_participants
             ),
         )
+        if req.dp is None:
+            return None
+        # Up to about a second: the accountant is evaluated for each candidate noise.
+        return calibrate_task(
+            req.dp,
+            dim=req.vector_length,
+            min_participants=req.min_participants,
+            dropout_rate=req.dropout_rate,
+            min_clients=min_clients,
+            corrupt_rate=req.corrupt_rate,
+            clients_per_round=req.clients_per_round,
+        )
     except ConfigError as exc:
         raise TaskError(400, "bad_task", str(exc)) from exc
 
 
 def _create(host: TaskHost, req: TaskCreate) -> TaskView:
     weights = _initial_weights(req)
-    _check_admission(req)
+    budget = _check_admission(req)
     try:
         with host.db.session() as s:
             task = dbm.Task(
@@ -169,6 +186,14 @@ def _create(host: TaskHost, req: TaskCreate) -> TaskView:
                 current_round=0,
                 max_aborted_rounds=req.max_aborted_rounds,
             )
+            if budget is not None and req.dp is not None:
+                task.dp = dbm.TaskDP(
+                    spec=req.dp.model_dump(),
+                    params=budget.params.to_json(),
+                    round_epsilon=budget.round_epsilon,
+                    max_participations=budget.max_participations,
+                    epsilon_spent=0.0,
+                )
             s.add(task)
             s.flush()
             host.registry.create_initial(task.id, weights, session=s)

@@ -30,7 +30,12 @@ from protocol.dp.accounting import (
     sampler_slack,
     skellam_rdp,
 )
-from protocol.dp.params import MAX_LOCAL_VARIANCE, DPParams, Mechanism
+from protocol.dp.params import (
+    MAX_LOCAL_VARIANCE,
+    DPParams,
+    Mechanism,
+    conditional_rounding_bound,
+)
 from protocol.errors import ConfigError
 
 ORDERS = np.asarray(RDP_ORDERS)
@@ -41,6 +46,27 @@ ORDERS = np.asarray(RDP_ORDERS)
 PUBLISHED_Z: float = 4.530877117
 PUBLISHED_DELTA: float = 1e-6
 PUBLISHED_EPS: float = 1.0
+
+
+# google-research/federated issue #66, "[distributed-dp] DSkellam goes weird
+# w/ small num_bits" (2022-10-10/11): Skellam parameters chosen by that
+# repository's distributed_dp/accounting_utils.py (the reference code of
+# [AKL21] and [KLS21]) for one task, no subsampling (q = 1):
+ISSUE66_EPSILON: float = 6.0
+ISSUE66_DELTA: float = 0.01
+ISSUE66_ROUNDS: int = 150
+ISSUE66_L2_CLIP: float = 3.0
+ISSUE66_CLIENTS: int = 16
+ISSUE66_DIM: int = 16777216  # 2**24, already a power of two: d' = d
+ISSUE66_BETA: float = math.exp(-0.5)
+# Comment of 2022-10-11 by K. Z. Liu (an author of [AKL21] and [KLS21]):
+# skellam_local_stddev(epsilon=6, scale=350, ...) returns this local stddev.
+ISSUE66_SCALE: float = 350.0
+ISSUE66_LOCAL_STDDEV: float = 11.43585395098052
+# The issue's table: skellam_params(...) picks the scale from the bit width
+# (k = 3 stddevs of the sum inside 2**bits) and returns these local stddevs.
+ISSUE66_STDDEV_BY_BITS: dict[int, float] = {20: 5.23, 19: 5.29, 18: 5.52, 17: 6.88}
+ISSUE66_K_STDDEVS: float = 3.0
 
 
 def rel_err(ours: float, published: float) -> float:
@@ -108,6 +134,110 @@ def test_published_conversion_pure_dp_figure() -> None:
     orders = [float(a) for a in range(2, 33)]
     ours = epsilon_from_rdp(np.full(len(orders), 1.1), 1e-5, orders=orders)
     assert rel_err(ours, 1.32783806176) < 1e-9
+
+
+def issue66_epsilon(scale: float, local_stddev: float) -> float:
+    """Epsilon of the issue-66 task at ``scale`` with ``local_stddev`` (real units).
+
+    The accounting of upstream ``skellam_epsilon`` (q = 1), in our integer
+    units: the update of norm ``c * scale`` is rounded (conditional rounding
+    bound, KLS21 Theorem 1), ``Delta_1 = Delta_2 * min(Delta_2, sqrt(d))``, the
+    ``n`` shares of variance ``(local_stddev * scale)**2`` sum to ``V``, and
+    the rounds compose in RDP.
+    """
+    l2 = conditional_rounding_bound(ISSUE66_L2_CLIP * scale, ISSUE66_DIM, ISSUE66_BETA)
+    l1 = l2 * min(l2, math.sqrt(ISSUE66_DIM))
+    variance = ISSUE66_CLIENTS * (local_stddev * scale) ** 2
+    rdp = ISSUE66_ROUNDS * skellam_rdp(l1, l2, variance)
+    return epsilon_from_rdp(rdp, ISSUE66_DELTA)
+
+
+def issue66_local_stddev(scale: float) -> float:
+    """Smallest local stddev meeting the issue-66 epsilon at ``scale``, by bisection.
+
+    Epsilon decreases as the stddev grows; the bracket [1e-3, 1e4] holds the
+    root for every scale used here (checked), and 100 geometric halvings
+    narrow it far below the 1% the figures are held to.
+    """
+    low, high = 1e-3, 1e4
+    assert issue66_epsilon(scale, low) > ISSUE66_EPSILON >= issue66_epsilon(scale, high)
+    for _ in range(100):
+        mid = math.sqrt(low * high)
+        if issue66_epsilon(scale, mid) > ISSUE66_EPSILON:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def issue66_scale(bits: int) -> float:
+    """The scale upstream ``skellam_params`` picks for ``bits`` (its k = 3, rho = 1 rule).
+
+    It solves ``2**bits = 2 k sqrt(c**2 n**2 s**2 / d + n / 4 + n sigma(s)**2 s**2)``
+    (TFF's heuristic, spec §10.2, with the noise ``sigma(s)`` recalibrated
+    to the target epsilon at every scale ``s``). The right side grows with
+    ``s`` (``sigma(s) s`` is proportional to the rounded sensitivity), so a
+    bisection finds the root.
+    """
+
+    def excess(scale: float) -> float:
+        sigma = issue66_local_stddev(scale)
+        c, n, d = ISSUE66_L2_CLIP, ISSUE66_CLIENTS, ISSUE66_DIM
+        spread = c * c * n * n * scale * scale / d + n / 4.0 + n * (sigma * scale) ** 2
+        return 2.0 * ISSUE66_K_STDDEVS * math.sqrt(spread) - 2.0**bits
+
+    low, high = 1.0, 1e5
+    assert excess(low) < 0 < excess(high)
+    for _ in range(60):
+        mid = math.sqrt(low * high)
+        if excess(mid) < 0:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def test_published_skellam_stddev_at_a_fixed_scale() -> None:
+    # Row 5 of the §9 table (google-research/federated issue #66, comment by
+    # an author of AKL21): epsilon 6 at delta 0.01 over 150 rounds of 16
+    # clients, scale 350, needs a local stddev of 11.43585395098052.
+    ours = issue66_local_stddev(ISSUE66_SCALE)
+    assert rel_err(ours, ISSUE66_LOCAL_STDDEV) < 0.01
+    # The same figure read the other way: epsilon at the published stddev.
+    assert rel_err(issue66_epsilon(ISSUE66_SCALE, ISSUE66_LOCAL_STDDEV), ISSUE66_EPSILON) < 0.01
+
+
+def test_published_skellam_stddev_through_a_round() -> None:
+    # The same figure through DPParams and the round accountant: the integer
+    # variance (the published stddev in integer units, squared, rounded up)
+    # spends at most epsilon 6 in exactly 150 participations.
+    variance = math.ceil((ISSUE66_LOCAL_STDDEV * ISSUE66_SCALE) ** 2)
+    params = DPParams(
+        mechanism=Mechanism.SKELLAM,
+        dim=ISSUE66_DIM,
+        l2_clip=ISSUE66_L2_CLIP,
+        scale=ISSUE66_SCALE,
+        beta=ISSUE66_BETA,
+        local_variance=variance,
+        min_honest=ISSUE66_CLIENTS,
+        bits=16,
+        epsilon_budget=ISSUE66_EPSILON,
+        delta=ISSUE66_DELTA,
+    )
+    ours = participation_epsilon(params, ISSUE66_ROUNDS)
+    assert ours <= ISSUE66_EPSILON
+    assert rel_err(ours, ISSUE66_EPSILON) < 0.01
+    assert max_participations(params) == ISSUE66_ROUNDS
+
+
+@pytest.mark.parametrize("bits", sorted(ISSUE66_STDDEV_BY_BITS))
+def test_published_skellam_stddev_by_bit_width(bits: int) -> None:
+    # Rows 6-9: the issue's table of local stddevs (two decimals) for 17-20
+    # bits, each at the scale the upstream bit-width rule picks.
+    published = ISSUE66_STDDEV_BY_BITS[bits]
+    ours = issue66_local_stddev(issue66_scale(bits))
+    assert rel_err(ours, published) < 0.01
+    assert abs(ours - published) <= 0.005 + 1e-9  # the published value is ours, rounded
 
 
 # --------------------------------------------------------------------------
@@ -429,7 +559,7 @@ def test_spec_quotes_the_order_grid() -> None:
 
 def test_spec_table_quotes_the_published_figures() -> None:
     rows = [line for line in _spec_section_9().splitlines() if re.match(r"^\| [0-9] \|", line)]
-    assert len(rows) == 4
+    assert len(rows) == 9
     assert f"`z = {PUBLISHED_Z}`" in rows[0]
     assert "`delta = 1e-6`" in rows[0]
     assert PUBLISHED_DELTA == 1e-6
@@ -440,3 +570,16 @@ def test_spec_table_quotes_the_published_figures() -> None:
     # The measured values in the table are the ones the code gives today.
     ours = gaussian_epsilon(PUBLISHED_Z, 1, PUBLISHED_DELTA)
     assert float(rows[0].strip("|").split("|")[4]) == pytest.approx(ours, abs=5e-9)
+    # Rows 5-9: the issue-66 stddevs, at the scale and bit width quoted.
+    cells = [cell.strip() for cell in rows[4].strip("|").split("|")]
+    assert "#66" in cells[1]
+    assert f"`gamma = {ISSUE66_SCALE:g}`" in cells[2]
+    assert float(cells[3]) == ISSUE66_LOCAL_STDDEV
+    quoted = float(cells[4].split()[0])
+    assert quoted == pytest.approx(issue66_local_stddev(ISSUE66_SCALE), abs=5e-8)
+    for row, bits in zip(rows[5:], sorted(ISSUE66_STDDEV_BY_BITS), strict=True):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        scale = issue66_scale(bits)
+        assert f"`b = {bits}`: `gamma = {scale:.2f}`" in cells[2]
+        assert float(cells[3]) == ISSUE66_STDDEV_BY_BITS[bits]
+        assert float(cells[4]) == pytest.approx(issue66_local_stddev(scale), abs=5e-5)

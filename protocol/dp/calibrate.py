@@ -23,12 +23,18 @@ the chosen ``gamma`` meets the modular-clipping bound.
 from __future__ import annotations
 
 import math
-import numbers
 from statistics import NormalDist
 from typing import Final
 
 from protocol.dp.accounting import gaussian_noise_multiplier, participation_epsilon
-from protocol.dp.params import MAX_LOCAL_VARIANCE, DPParams, Mechanism, rotation_block
+from protocol.dp.params import (
+    MAX_LOCAL_VARIANCE,
+    DPParams,
+    Mechanism,
+    check_int,
+    check_real,
+    rotation_block,
+)
 from protocol.errors import ConfigError
 
 __all__ = [
@@ -60,28 +66,13 @@ _SCALED_CLIP_LIMIT: Final = 2.0**31
 _MAX_ROUNDS: Final = 64
 
 
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a real number, got {type(value).__name__}")
-    as_float = float(value)
-    if not math.isfinite(as_float):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    return as_float
-
-
-def _int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-    return value
-
-
 def modclip_stddevs(modclip_prob: float) -> float:
     """``k`` with ``P(|N(0, 1)| >= k) = modclip_prob``: TFF's ``sqrt(2) erfcinv(p)``.
 
     Raises:
         ConfigError: ``modclip_prob`` not in (0, 1).
     """
-    p = _real("modclip_prob", modclip_prob)
+    p = check_real("modclip_prob", modclip_prob)
     if not 0 < p < 1:
         raise ConfigError(f"modclip_prob must be in (0, 1), got {modclip_prob!r}")
     return NormalDist().inv_cdf(1.0 - p / 2.0)
@@ -149,7 +140,7 @@ def modclip_probability(params: DPParams, num_clients: int) -> float:
     Raises:
         ConfigError: ``num_clients`` not an int >= 1.
     """
-    n = _int("num_clients", num_clients, 1, 1 << 32)
+    n = check_int("num_clients", num_clients, 1, 1 << 32)
     s = math.sqrt(
         _sum_variance(params.scale, params.l2_clip, params.rotation_block, params.local_variance, n)
     )
@@ -173,7 +164,7 @@ def expected_error(params: DPParams, num_clients: int) -> float:
     Raises:
         ConfigError: ``num_clients`` not an int >= 1.
     """
-    n = _int("num_clients", num_clients, 1, 1 << 32)
+    n = check_int("num_clients", num_clients, 1, 1 << 32)
     return (params.local_variance + 0.25) / (n * params.scale**2)
 
 
@@ -279,25 +270,25 @@ def calibrate(
     except ValueError as exc:
         raise ConfigError(f"unknown DP mechanism {mechanism!r}") from exc
     rotation_block(dim)  # validates dim
-    c = _real("l2_clip", l2_clip)
-    eps = _real("epsilon", epsilon)
+    c = check_real("l2_clip", l2_clip)
+    eps = check_real("epsilon", epsilon)
     if c <= 0 or eps <= 0:
         raise ConfigError(f"l2_clip and epsilon must be > 0, got {l2_clip!r}, {epsilon!r}")
-    k_rounds = _int("participations", participations, 1, 1 << 40)
-    m = _int("min_honest", min_honest, 1, 1 << 32)
-    n = _int("num_clients", num_clients, m, 1 << 32)
-    b = _int("bits", bits, 2, 62)
+    k_rounds = check_int("participations", participations, 1, 1 << 40)
+    m = check_int("min_honest", min_honest, 1, 1 << 32)
+    n = check_int("num_clients", num_clients, m, 1 << 32)
+    b = check_int("bits", bits, 2, 62)
     modclip_stddevs(modclip_prob)  # validates it
     z_target: float | None = None
     if noise_multiplier is not None:
-        z_target = _real("noise_multiplier", noise_multiplier)
+        z_target = check_real("noise_multiplier", noise_multiplier)
         if z_target <= 0:
             raise ConfigError(f"noise_multiplier must be > 0, got {noise_multiplier!r}")
         z_start = z_target
     else:
         # Start from the central Gaussian that meets the budget; rounding
         # inflates the sensitivity, so the discrete mechanism needs a little more.
-        z_start = gaussian_noise_multiplier(eps, _real("delta", delta), k_rounds)
+        z_start = gaussian_noise_multiplier(eps, check_real("delta", delta), k_rounds)
     real_variance = (z_start * c) ** 2 / m  # local variance in real units
 
     for _ in range(_MAX_ROUNDS):
@@ -356,10 +347,10 @@ def choose_bits(
     Raises:
         ConfigError: no ``b`` in the range suffices, or bad arguments.
     """
-    _int("low", low, 2, 62)
-    _int("high", high, low, 62)
+    check_int("low", low, 2, 62)
+    check_int("high", high, low, 62)
     modclip_stddevs(modclip_prob)
-    n = _int("num_clients", num_clients, 1, 1 << 32)
+    n = check_int("num_clients", num_clients, 1, 1 << 32)
     s = math.sqrt(
         _sum_variance(params.scale, params.l2_clip, params.rotation_block, params.local_variance, n)
     )

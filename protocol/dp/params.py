@@ -22,6 +22,8 @@ __all__ = [
     "MAX_LOCAL_VARIANCE",
     "DPParams",
     "Mechanism",
+    "check_int",
+    "check_real",
     "conditional_rounding_bound",
     "rotation_block",
 ]
@@ -88,7 +90,8 @@ def conditional_rounding_bound(scaled_clip: float, dim: int, beta: float) -> flo
     return min(bound_1, math.sqrt(squared_2))
 
 
-def _real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
+    """``value`` as a finite float, or a ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a real number, got {type(value).__name__}")
     as_float = float(value)
@@ -97,7 +100,8 @@ def _real(name: str, value: object) -> float:
     return as_float
 
 
-def _int(name: str, value: object, low: int, high: int) -> int:
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool) in ``[low, high]``, else a ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")
     return value
@@ -147,17 +151,17 @@ class DPParams:
             ) from exc
         rotation_block(self.dim)
         for name in ("l2_clip", "scale", "epsilon_budget"):
-            if _real(name, getattr(self, name)) <= 0:
+            if check_real(name, getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        beta = _real("beta", self.beta)
+        beta = check_real("beta", self.beta)
         if not 0 <= beta < 1:
             raise ConfigError(f"beta must be in [0, 1), got {beta!r}")
-        delta = _real("delta", self.delta)
+        delta = check_real("delta", self.delta)
         if not 0 < delta < 1:
             raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
-        _int("local_variance", self.local_variance, 1, MAX_LOCAL_VARIANCE)
-        _int("min_honest", self.min_honest, 1, 1 << 32)
-        _int("bits", self.bits, 2, 62)
+        check_int("local_variance", self.local_variance, 1, MAX_LOCAL_VARIANCE)
+        check_int("min_honest", self.min_honest, 1, 1 << 32)
+        check_int("bits", self.bits, 2, 62)
         if float(self.l2_clip) * float(self.scale) + math.sqrt(self.dim) >= 2.0**31:
             raise ConfigError(
                 "l2_clip * scale + sqrt(dim) must be below 2**31 (exact rounding in 64 bits)"

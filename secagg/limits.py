@@ -31,6 +31,7 @@ from typing import Any
 
 import h11
 from fastapi import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -149,6 +150,10 @@ class BodyLimitMiddleware:
             if not started:
                 detail = f"body of more than {limit} bytes refused"
                 await self._respond(send, 413, "body_too_large", detail)
+        except ClientDisconnect:
+            # The peer went away while its body was being read (a client process
+            # killed mid-request): nobody is left to answer, and nothing changed.
+            log.info("client disconnected during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:

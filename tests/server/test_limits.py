@@ -524,3 +524,40 @@ def test_decoding_runs_off_the_event_loop_and_outside_the_round_lock(
     lag, lock_free = asyncio.run(scenario())
     assert lock_free
     assert lag < 0.5
+
+
+def test_a_client_gone_mid_body_is_neither_an_error_nor_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client killed while its request body streams: starlette raises
+    # ClientDisconnect from the app. Nobody is left to answer; it is no error.
+    from starlette.requests import Request
+
+    from secagg.limits import BodyLimitMiddleware
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async for _ in Request(scope, receive).stream():
+            pass
+
+    messages = iter([{"type": "http.request", "body": b"ab", "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/rounds/3/heartbeat",
+        "headers": [(b"transfer-encoding", b"chunked")],
+    }
+    middleware = BodyLimitMiddleware(app, lambda _s: 1 << 20, 30.0)
+    with caplog.at_level("INFO", logger="secagg.limits"):
+        asyncio.run(middleware(scope, receive, send))
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("disconnected" in r.getMessage() for r in caplog.records)

@@ -770,6 +770,13 @@ class Client:
                     "the task adds no differential-privacy noise, which this client's policy "
                     "(require_dp) refuses"
                 )
+            if self.ledger.spends(self._server_key, self.task_id):
+                # dp-v1 §11: a task this client joined with noise stays a DP task
+                # for it; a round without noise would be a downgrade by the server.
+                raise PolicyViolation(
+                    f"task {self.task_id} ran DP rounds with this client before; it refuses a "
+                    "round of the same task without noise"
+                )
             encoding = RoundEncoding(
                 FixedPointEncoding(
                     clip=float(a["encoding"]["clip"]),

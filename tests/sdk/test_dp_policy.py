@@ -178,6 +178,19 @@ def test_a_session_with_another_bit_width_is_refused() -> None:
         client()._check_policy(dp_config(10, p, bit_width=30), DPEncoding(p), 3, DIM)  # type: ignore[arg-type]
 
 
+def test_a_dp_task_cannot_be_downgraded_to_rounds_without_noise() -> None:
+    # The attacker: a server that drops the dp field from a task this client
+    # already gave noised updates to, to get its next update without noise.
+    c = client()
+    c.ledger.record_spend(SERVER, 1, 7, dp_params())
+    with pytest.raises(PolicyViolation, match="without noise"):
+        c._round({"round_number": 2, "round_id": 8, "dp": None, "encoding": {}})
+    # Without that history the same round is an ordinary (non-DP) assignment,
+    # refused later for its missing fields, not for a downgrade.
+    with pytest.raises(KeyError):
+        client()._round({"round_number": 2, "round_id": 8, "dp": None, "encoding": {}})
+
+
 def test_require_dp_refuses_a_task_without_noise() -> None:
     c = client(ClientPolicy(require_dp=True))
     with pytest.raises(PolicyViolation, match="require_dp"):

@@ -758,37 +758,15 @@ class Client:
 
     def _round(self, a: dict[str, Any]) -> RoundOutcome:
         started = time.monotonic()
-        number = int(a["round_number"])
-        round_id = int(a["round_id"])
-        dp = self._dp_params(a)
-        encoding: RoundEncoding | DPEncoding
-        if dp is not None:
-            encoding = DPEncoding(dp)
-        else:
-            if self.policy.require_dp:
-                raise PolicyViolation(
-                    "the task adds no differential-privacy noise, which this client's policy "
-                    "(require_dp) refuses"
-                )
-            if self.ledger.spends(self._server_key, self.task_id):
-                # dp-v1 §11: a task this client joined with noise stays a DP task
-                # for it; a round without noise would be a downgrade by the server.
-                raise PolicyViolation(
-                    f"task {self.task_id} ran DP rounds with this client before; it refuses a "
-                    "round of the same task without noise"
-                )
-            encoding = RoundEncoding(
-                FixedPointEncoding(
-                    clip=float(a["encoding"]["clip"]),
-                    scale=float(a["encoding"]["scale"]),
-                    max_weight=int(a["encoding"]["max_weight"]),
-                ),
-                max_eval_examples=int(a["encoding"]["max_eval_examples"]),
-                max_example_loss=float(a["encoding"]["max_example_loss"]),
-                loss_scale=float(a["encoding"]["loss_scale"]),
-            )
-        base_version = int(a["base_version"])
-        model_length = int(a["model_length"])
+        try:
+            number = int(a["round_number"])
+            round_id = int(a["round_id"])
+            encoding = self._round_encoding(a)
+            base_version = int(a["base_version"])
+            model_length = int(a["model_length"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(f"the server's round assignment is malformed: {exc!r}") from exc
+        dp = encoding.params if isinstance(encoding, DPEncoding) else None
         # Before training: what the assignment already lets this client check.
         self._check_assignment(a, model_length)
         self._check_ledger(base_version)
@@ -954,6 +932,37 @@ class Client:
                 return tally.outcome("completed")
             return tally.outcome("aborted", str(decided.get("reason")))
         return tally.outcome("aborted", "outcome_unknown")
+
+    def _round_encoding(self, a: dict[str, Any]) -> RoundEncoding | DPEncoding:
+        """The round's vector encoding: DP (``dp``) or fixed point (``encoding``)."""
+        dp = self._dp_params(a)
+        if dp is not None:
+            return DPEncoding(dp)
+        if self.policy.require_dp:
+            raise PolicyViolation(
+                "the task adds no differential-privacy noise, which this client's policy "
+                "(require_dp) refuses"
+            )
+        if self.ledger.spends(self._server_key, self.task_id):
+            # dp-v1 §11: a task this client joined with noise stays a DP task
+            # for it; a round without noise would be a downgrade by the server.
+            raise PolicyViolation(
+                f"task {self.task_id} ran DP rounds with this client before; it refuses a "
+                "round of the same task without noise"
+            )
+        try:
+            return RoundEncoding(
+                FixedPointEncoding(
+                    clip=float(a["encoding"]["clip"]),
+                    scale=float(a["encoding"]["scale"]),
+                    max_weight=int(a["encoding"]["max_weight"]),
+                ),
+                max_eval_examples=int(a["encoding"]["max_eval_examples"]),
+                max_example_loss=float(a["encoding"]["max_example_loss"]),
+                loss_scale=float(a["encoding"]["loss_scale"]),
+            )
+        except ConfigError as exc:
+            raise PolicyViolation(f"the task's encoding is invalid: {exc}") from exc
 
     def _check_assignment(self, a: dict[str, Any], model_length: int) -> None:
         """What a client can refuse before it trains (service-v1.md §3.1); nothing sent."""

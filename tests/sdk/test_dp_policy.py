@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client_sdk.client import Client, ClientPolicy, PolicyViolation, PrivacyBudgetSpent
+from client_sdk.client import (
+    Client,
+    ClientError,
+    ClientPolicy,
+    PolicyViolation,
+    PrivacyBudgetSpent,
+)
 from client_sdk.identity import Identity
 from client_sdk.ledger import ContributionLedger, LedgerError
 from client_sdk.models import FunctionModel
@@ -186,8 +192,8 @@ def test_a_dp_task_cannot_be_downgraded_to_rounds_without_noise() -> None:
     with pytest.raises(PolicyViolation, match="without noise"):
         c._round({"round_number": 2, "round_id": 8, "dp": None, "encoding": {}})
     # Without that history the same round is an ordinary (non-DP) assignment,
-    # refused later for its missing fields, not for a downgrade.
-    with pytest.raises(KeyError):
+    # refused for its missing fields (a typed error), not as a downgrade.
+    with pytest.raises(ClientError, match="assignment is malformed"):
         client()._round({"round_number": 2, "round_id": 8, "dp": None, "encoding": {}})
 
 

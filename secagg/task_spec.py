@@ -141,7 +141,7 @@ class DPSpec(BaseModel):
     )
     modclip_prob: float = Field(
         default=1e-4,
-        gt=0,
+        ge=1e-100,
         lt=1,
         description="bound on the probability that the sum wraps modulo 2**bits "
         "(chooses the scale)",

@@ -66,16 +66,23 @@ _SCALED_CLIP_LIMIT: Final = 2.0**31
 _MAX_ROUNDS: Final = 64
 
 
+MIN_MODCLIP_PROB: Final = 1e-100
+"""Smallest modular-clipping probability accepted (k is then about 21 standard deviations)."""
+
+
 def modclip_stddevs(modclip_prob: float) -> float:
     """``k`` with ``P(|N(0, 1)| >= k) = modclip_prob``: TFF's ``sqrt(2) erfcinv(p)``.
 
     Raises:
-        ConfigError: ``modclip_prob`` not in (0, 1).
+        ConfigError: ``modclip_prob`` not in ``[MIN_MODCLIP_PROB, 1)``.
     """
     p = check_real("modclip_prob", modclip_prob)
-    if not 0 < p < 1:
-        raise ConfigError(f"modclip_prob must be in (0, 1), got {modclip_prob!r}")
-    return NormalDist().inv_cdf(1.0 - p / 2.0)
+    if not MIN_MODCLIP_PROB <= p < 1:
+        raise ConfigError(
+            f"modclip_prob must be in [{MIN_MODCLIP_PROB:g}, 1), got {modclip_prob!r}"
+        )
+    # The lower tail, -Phi^-1(p/2): 1 - p/2 would round to 1.0 for tiny p.
+    return -NormalDist().inv_cdf(p / 2.0)
 
 
 def _sum_variance(scale: float, l2_clip: float, block: int, v: float, n: int) -> float:

@@ -245,3 +245,13 @@ def test_scale_for_bits_respects_the_exact_rounding_bound() -> None:
     gamma = scale_for_bits(bits=62, l2_clip=0.5, dim=10, num_clients=2, real_stddev=1e-9)
     assert gamma * 0.5 + 4 < 2.0**31
     assert gamma * 0.5 + 4 >= 2.0**31 - 1
+
+
+def test_modclip_stddevs_holds_for_tiny_probabilities() -> None:
+    # 1 - p/2 rounds to 1.0 below p ~ 2e-16: the lower tail must be used.
+    assert modclip_stddevs(1e-4) == pytest.approx(3.8906, abs=1e-4)
+    assert modclip_stddevs(1e-20) == pytest.approx(9.3360, abs=1e-3)  # erfcinv(1e-20) * sqrt(2)
+    assert modclip_stddevs(1e-100) > modclip_stddevs(1e-20)
+    for bad in (1e-200, 0.0, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="modclip_prob"):
+            modclip_stddevs(bad)

@@ -48,6 +48,7 @@ second masked input on a base model version it already contributed to.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import io
@@ -1173,15 +1174,7 @@ class Client:
                 f"a DP session needs at least m + c = {encoding.params.min_honest} + "
                 f"{floor - encoding.params.min_honest} participants, got {config.num_participants}"
             )
-        return SessionPolicy(
-            allow_semi_honest=base.allow_semi_honest,
-            min_participants=max(base.min_participants, floor),
-            assumed_corrupt_rate=base.assumed_corrupt_rate,
-            min_assumed_colluders=base.min_assumed_colluders,
-            min_threshold=base.min_threshold,
-            security_bits=base.security_bits,
-            require_certified_identities=base.require_certified_identities,
-        )
+        return dataclasses.replace(base, min_participants=max(base.min_participants, floor))
 
     def _dp_params(self, a: dict[str, Any]) -> DPParams | None:
         raw = a.get("dp")

@@ -12,6 +12,7 @@ same checks, so its working memory is the new float32 model plus a segment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,20 +84,14 @@ def next_model(
     # The weight and metric slots first: their checks do not depend on the body.
     _, weight, metrics = encoding.decode(from_modular(aggregate[length:], bit_width))
     weight_slot = np.array([weight], np.int64)
-    if in_place:
-        if not (aggregate.flags.c_contiguous and aggregate.flags.writeable):
-            raise ConfigError("in_place needs a writable, contiguous aggregate")
-        out: npt.NDArray[np.float32] = aggregate.view(np.float32)[:length]
-    else:
-        out = np.empty(length, np.float32)
-    arrays = strategy.start(state, length)
-    for start in range(0, length, segment):
-        stop = min(length, start + segment)
+
+    def mean_of(start: int, stop: int) -> npt.NDArray[np.float64]:
         body = from_modular(aggregate[start:stop], bit_width)
         # The fixed-point decoding with its range check, on this segment.
-        mean, _ = encoding.update.decode(np.concatenate([body, weight_slot]))
-        out[start:stop] = strategy.step(base[start:stop], mean, [a[start:stop] for a in arrays])
-    return ModelUpdate(out, weight, metrics, strategy.finish(arrays))
+        return encoding.update.decode(np.concatenate([body, weight_slot]))[0]
+
+    out, new_state = _apply(base, aggregate, strategy, state, segment, in_place, mean_of)
+    return ModelUpdate(out, weight, metrics, new_state)
 
 
 def next_model_dp(
@@ -137,6 +132,24 @@ def next_model_dp(
     if segment < 1:
         raise ConfigError(f"segment must be >= 1, got {segment}")
     mean, count = encoding.decode(from_modular(aggregate, bit_width), session_id)
+    out, new_state = _apply(
+        base, aggregate, strategy, state, segment, in_place, lambda a, b: mean[a:b]
+    )
+    return ModelUpdate(out, count, None, new_state)
+
+
+def _apply(
+    base: npt.NDArray[np.float32],
+    aggregate: WordArray,
+    strategy: Strategy,
+    state: bytes | None,
+    segment: int,
+    in_place: bool,
+    mean_of: Callable[[int, int], npt.NDArray[np.float64]],
+) -> tuple[npt.NDArray[np.float32], bytes | None]:
+    """``strategy`` over ``base`` segment by segment, the mean update of ``[start, stop)``
+    from ``mean_of``; the new weights go over ``aggregate``'s buffer with ``in_place``."""
+    length = int(base.shape[0])
     if in_place:
         if not (aggregate.flags.c_contiguous and aggregate.flags.writeable):
             raise ConfigError("in_place needs a writable, contiguous aggregate")
@@ -147,6 +160,6 @@ def next_model_dp(
     for start in range(0, length, segment):
         stop = min(length, start + segment)
         out[start:stop] = strategy.step(
-            base[start:stop], mean[start:stop], [a[start:stop] for a in arrays]
+            base[start:stop], mean_of(start, stop), [a[start:stop] for a in arrays]
         )
-    return ModelUpdate(out, count, None, strategy.finish(arrays))
+    return out, strategy.finish(arrays)
